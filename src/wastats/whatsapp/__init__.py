@@ -1,0 +1,1 @@
+"""WhatsApp Cloud API webhooks: signature check, typed events and the body parser."""
