@@ -1,0 +1,3 @@
+from wastats.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The HTTP layer: routes only, calling the domain services."""

@@ -1,0 +1,47 @@
+"""What every request handler may use: settings, database, clock. One per app, built in
+`create_app`, reached through `request.app.state.ctx` (never a module-level global)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from wastats.settings import Settings
+from wastats.store.db import Database
+
+if TYPE_CHECKING:
+    from wastats.ingest.service import IngestService
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    clock: Callable[[], float] = time.time
+    ingest: IngestService | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking database work off the event loop."""
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def context_of(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def client_ip(request: Request) -> str:
+    # ProxyHeadersMiddleware has already replaced the peer with X-Forwarded-For's client when
+    # the peer is a trusted proxy (WASTATS_FORWARDED_ALLOW_IPS).
+    return request.client.host if request.client else "unknown"

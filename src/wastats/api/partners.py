@@ -1,0 +1,336 @@
+"""The compatible partners API (`spec/partners-api.md`): paths, fields and reason codes as the
+reference provider's clients expect them. Application errors are answered in band: HTTP 200 with
+`status: "FAIL"`, a `reason` code and a one-line `message`.
+
+Checks run in a fixed order, so a request with several faults always gets the same answer:
+method (13), token (3), body (2), `whatsapp` syntax (4), dates (40, 41, 42), ownership (27).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from wastats.api.context import AppContext, client_ip, context_of
+from wastats.counting.calendar import mmyyyy, parse_mmyyyy
+from wastats.domain import auth, stats
+from wastats.domain.phone import normalise_whatsapp
+from wastats.store.accounts import AccountRow
+
+router = APIRouter(prefix="/api", tags=["compatible partners API"])
+
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _other_methods(path: str, expected: str) -> None:
+    """Answer every other method of `path` with reason 13, in band, as the contract says.
+    Kept out of the OpenAPI schema, which documents only the real method."""
+
+    async def wrong(request: Request) -> JSONResponse:
+        return wrong_method(expected)
+
+    router.add_api_route(
+        path,
+        wrong,
+        methods=[m for m in ALL_METHODS if m != expected],
+        include_in_schema=False,
+        name=f"wrong_method{path.replace('/', '_')}",
+    )
+
+
+class Reason:
+    OK = 1
+    BAD_CREDENTIALS_OR_BODY = 2
+    TOKEN_OR_LOCKOUT = 3
+    BAD_WHATSAPP = 4
+    WRONG_METHOD = 13
+    NOT_YOUR_NUMBER = 27
+    BAD_START = 40
+    BAD_END = 41
+    START_AFTER_END = 42
+
+
+def fail(reason: int, message: str) -> JSONResponse:
+    return JSONResponse({"status": "FAIL", "reason": reason, "message": message})
+
+
+def wrong_method(expected: str) -> JSONResponse:
+    return fail(Reason.WRONG_METHOD, f"you need to use {expected} method")
+
+
+async def json_object(request: Request) -> dict[str, Any] | None:
+    """The body as a JSON object; `{}` for an empty body; None if it is anything else."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --- POST /api/settings/accessToken -----------------------------------------------------------
+
+
+class TokenRequest(BaseModel):
+    client_id: str
+    client_secret: str
+
+
+class TokenAnswer(BaseModel):
+    status: str = Field(examples=["OK"])
+    access_token: str
+    expiration_time: str = Field(description="Unix seconds, as a string", examples=["1731842931"])
+    token_type: str = Field(examples=["Bearer"])
+    reason: int = Field(examples=[1])
+
+
+@router.post(
+    "/settings/accessToken",
+    response_model=TokenAnswer,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}}
+        }
+    },
+    summary="Get an access token from client credentials",
+)
+async def access_token(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    body = await json_object(request)
+    client_id = body.get("client_id") if body else None
+    client_secret = body.get("client_secret") if body else None
+    if not isinstance(client_id, str) or not isinstance(client_secret, str):
+        # Malformed requests are not login attempts: they don't count towards the lockout,
+        # but a locked-out address is still told it is locked out.
+        return fail(
+            Reason.BAD_CREDENTIALS_OR_BODY,
+            "the body must be a JSON object with string client_id and client_secret",
+        )
+    result = await ctx.run(_issue, ctx, client_id, client_secret, client_ip(request))
+    if result is auth.TokenRefusal.LOCKED_OUT:
+        return fail(Reason.TOKEN_OR_LOCKOUT, result.value)
+    if result is auth.TokenRefusal.BAD_CREDENTIALS:
+        return fail(Reason.BAD_CREDENTIALS_OR_BODY, result.value)
+    assert isinstance(result, auth.IssuedToken)
+    return JSONResponse(
+        {
+            "status": "OK",
+            "access_token": result.access_token,
+            "expiration_time": str(result.expires_at),
+            "token_type": "Bearer",
+            "reason": Reason.OK,
+        }
+    )
+
+
+def _issue(
+    ctx: AppContext, client_id: str, client_secret: str, ip: str
+) -> auth.IssuedToken | auth.TokenRefusal:
+    s = ctx.settings
+    with ctx.db.write() as conn:
+        return auth.issue_token(
+            conn,
+            client_id=client_id,
+            client_secret=client_secret,
+            ip=ip,
+            now=ctx.now(),
+            lifetime=s.token_lifetime_seconds,
+            lockout=auth.LockoutPolicy(
+                threshold=s.lockout_threshold,
+                window_seconds=s.lockout_window_seconds,
+                lock_seconds=s.lockout_seconds,
+            ),
+        )
+
+
+async def bearer_account(request: Request) -> AccountRow | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    ctx = context_of(request)
+    return await ctx.run(_authenticate, ctx, token.strip())
+
+
+def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
+    with ctx.db.read() as conn:
+        return auth.authenticate(conn, token, ctx.now())
+
+
+def no_token() -> JSONResponse:
+    return fail(
+        Reason.TOKEN_OR_LOCKOUT,
+        "access token does not exist or expired; get another one from /api/settings/accessToken",
+    )
+
+
+# --- GET /api/whatsapp/getConversationsStatistics ---------------------------------------------
+
+
+class MonthItem(BaseModel):
+    monthYear: str = Field(examples=["012025"])
+    totalConversations: int
+    totalMarketing: int
+    totalService: int
+    totalIncoming: int
+
+
+class StatisticsAnswer(BaseModel):
+    status: str
+    reason: int
+    totalWhatsApp: int
+    whatsapp: str | None
+    list: list[MonthItem]
+
+
+@router.get(
+    "/whatsapp/getConversationsStatistics",
+    response_model=StatisticsAnswer,
+    summary="Monthly Marketing / Service / Incoming counts",
+    description="Keys `start_date`, `end_date` (`mmyyyy`, inclusive) and `whatsapp` may come as "
+    "a JSON body on the GET or as query parameters; the body wins when both are present.",
+)
+async def conversations_statistics(
+    request: Request,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    whatsapp: str | None = None,
+) -> JSONResponse:
+    account = await bearer_account(request)
+    if account is None:
+        return no_token()
+    body = await json_object(request)
+    if body is None:
+        return fail(Reason.BAD_CREDENTIALS_OR_BODY, "the body is not a JSON object")
+    params: dict[str, Any] = {"start_date": start_date, "end_date": end_date, "whatsapp": whatsapp}
+    params.update({k: v for k, v in body.items() if k in params})
+    for key, value in params.items():
+        if value is not None and not isinstance(value, str):
+            return fail(Reason.BAD_CREDENTIALS_OR_BODY, f"{key} must be a string")
+
+    digits: str | None = None
+    if params["whatsapp"]:
+        digits = normalise_whatsapp(params["whatsapp"])
+        if digits is None:
+            return fail(Reason.BAD_WHATSAPP, "whatsapp must be a phone number of 8 to 15 digits")
+    first = last = None
+    if params["start_date"]:
+        first = parse_mmyyyy(params["start_date"])
+        if first is None:
+            return fail(Reason.BAD_START, "start_date must be a month written mmyyyy, e.g. 032025")
+    if params["end_date"]:
+        last = parse_mmyyyy(params["end_date"])
+        if last is None:
+            return fail(Reason.BAD_END, "end_date must be a month written mmyyyy, e.g. 052025")
+    if first is not None and last is not None and first > last:
+        return fail(
+            Reason.START_AFTER_END,
+            f"start_date {mmyyyy(first)} is after end_date {mmyyyy(last)}",
+        )
+    ctx = context_of(request)
+    answer = await ctx.run(_statistics, ctx, account, digits, first, last)
+    if answer is None:
+        return fail(Reason.NOT_YOUR_NUMBER, f"{digits} is not a number of this account")
+    return JSONResponse(answer)
+
+
+def _statistics(
+    ctx: AppContext, account: AccountRow, digits: str | None, first: int | None, last: int | None
+) -> dict[str, Any] | None:
+    with ctx.db.read() as conn:
+        number = None
+        if digits is not None:
+            number = stats.number_of_account(conn, account, digits)
+            if number is None:
+                return None
+        months = stats.monthly_statistics(
+            conn, account, number=number, first_month=first, last_month=last
+        )
+        total_numbers = 1 if number else len(stats.account_numbers(conn, account))
+    return {
+        "status": "OK",
+        "reason": Reason.OK,
+        "totalWhatsApp": total_numbers,
+        "whatsapp": digits,
+        "list": [m.as_partners_item() for m in months],
+    }
+
+
+# --- GET /api/whatsapp/getWhatsApp ------------------------------------------------------------
+
+
+class NumberItem(BaseModel):
+    create_time: int
+    whatsapp: str
+    display_name: str
+    business_name: str
+    coexistence: int
+    conversationsThisMonth: int
+    marketingThisMonth: int
+    serviceThisMonth: int
+    incomingThisMonth: int
+
+
+class NumbersAnswer(BaseModel):
+    status: str
+    reason: int
+    totalWhatsApp: int
+    totalConversationsThisMonth: int
+    totalMarketingThisMonth: int
+    totalServiceThisMonth: int
+    totalIncomingThisMonth: int
+    list: list[NumberItem]
+
+
+@router.get(
+    "/whatsapp/getWhatsApp",
+    response_model=NumbersAnswer,
+    summary="The account's numbers with this month's counts",
+)
+async def get_whatsapp(request: Request) -> JSONResponse:
+    account = await bearer_account(request)
+    if account is None:
+        return no_token()
+    ctx = context_of(request)
+    return JSONResponse(await ctx.run(_numbers, ctx, account))
+
+
+def _numbers(ctx: AppContext, account: AccountRow) -> dict[str, Any]:
+    with ctx.db.read() as conn:
+        rows = stats.numbers_this_month(conn, account, ctx.now())
+    items = [
+        {
+            "create_time": number.created_at,
+            "whatsapp": number.whatsapp,
+            # Empty strings rather than null: clients of the reference provider expect strings.
+            "display_name": number.display_name or "",
+            "business_name": number.business_name or "",
+            "coexistence": int(number.coexistence),
+            "conversationsThisMonth": counts.total,
+            "marketingThisMonth": counts.marketing,
+            "serviceThisMonth": counts.service,
+            "incomingThisMonth": counts.incoming,
+        }
+        for number, counts in rows
+    ]
+    return {
+        "status": "OK",
+        "reason": Reason.OK,
+        "totalWhatsApp": len(items),
+        "totalConversationsThisMonth": sum(i["conversationsThisMonth"] for i in items),
+        "totalMarketingThisMonth": sum(i["marketingThisMonth"] for i in items),
+        "totalServiceThisMonth": sum(i["serviceThisMonth"] for i in items),
+        "totalIncomingThisMonth": sum(i["incomingThisMonth"] for i in items),
+        "list": items,
+    }
+
+
+_other_methods("/settings/accessToken", "POST")
+_other_methods("/whatsapp/getConversationsStatistics", "GET")
+_other_methods("/whatsapp/getWhatsApp", "GET")

@@ -1,0 +1,69 @@
+"""`/webhooks/whatsapp`: Meta's verification handshake (GET) and event delivery (POST).
+
+A plain Starlette endpoint rather than a FastAPI one: it is the hot path (thousands of requests
+per second in a campaign), needs the exact raw bytes for the signature, and has no parameters
+for FastAPI to validate. The signature is checked on the raw body before anything parses it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from wastats.api.context import context_of
+from wastats.ingest.service import IngestUnavailable
+from wastats.whatsapp.signature import verify_signature
+
+log = logging.getLogger(__name__)
+
+_ACCEPTED = Response(b'{"status":"ok"}', media_type="application/json")
+
+
+def _problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+async def whatsapp_webhook(request: Request) -> Response:
+    if request.method == "GET":
+        return _verify(request)
+    ctx = context_of(request)
+    secret = ctx.settings.meta_app_secret
+    if secret is None:
+        # Not 401: nothing is wrong with Meta's request. 503 makes Meta retry (for up to 7
+        # days) until the operator sets the secret, so no event is lost meanwhile.
+        log.error("webhook refused: WASTATS_META_APP_SECRET is not set")
+        return _problem(503, "Service Unavailable", "the webhook secret is not configured")
+    raw = await request.body()
+    signature = request.headers.get("x-hub-signature-256")
+    if not verify_signature(secret.get_secret_value().encode(), raw, signature):
+        what = "missing" if not signature else "invalid"
+        return _problem(401, "Unauthorized", f"{what} X-Hub-Signature-256 signature")
+    ingest = ctx.ingest
+    if ingest is None:
+        return _problem(503, "Service Unavailable", "ingestion is not running")
+    try:
+        await ingest.accept(raw)
+    except IngestUnavailable as exc:
+        return _problem(503, "Service Unavailable", f"{exc}; retry later")
+    return _ACCEPTED
+
+
+def _verify(request: Request) -> Response:
+    ctx = context_of(request)
+    params = request.query_params
+    expected = ctx.settings.meta_verify_token
+    given = params.get("hub.verify_token", "")
+    if (
+        params.get("hub.mode") == "subscribe"
+        and expected is not None
+        and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    ):
+        return PlainTextResponse(params.get("hub.challenge", ""))
+    return PlainTextResponse("verification failed", status_code=403)

@@ -1,0 +1,117 @@
+"""The ASGI application factory. Nothing is built at import time: `create_app(settings)` makes
+the database engine and everything else, so tests build as many independent apps as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from wastats import __version__
+from wastats.api import health, partners
+from wastats.api.context import AppContext
+from wastats.api.middleware import BodyLimitMiddleware
+from wastats.api.webhooks import whatsapp_webhook
+from wastats.ingest.identity import CustomerHasher, load_secret_key
+from wastats.ingest.pipeline import Pipeline
+from wastats.ingest.service import IngestService
+from wastats.settings import Settings, load_settings
+from wastats.store.db import Database
+from wastats.store.migrate import check_schema_current
+
+log = logging.getLogger("wastats")
+
+WEBHOOK_PATH = "/webhooks/whatsapp"
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    db = Database(settings.database_url)
+    ingest = IngestService(
+        db,
+        Pipeline(CustomerHasher(load_secret_key(settings))),
+        clock=clock,
+        retention_days=settings.raw_retention_days,
+    )
+    ctx = AppContext(settings=settings, db=db, clock=clock, ingest=ingest)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Refuse to serve on an old schema rather than fail request by request.
+        await ctx.run(check_schema_current, db)
+        ingest.start()
+        try:
+            yield
+        finally:
+            await ctx.run(ingest.stop)
+            db.dispose()
+
+    app = FastAPI(
+        title="wastats",
+        version=__version__,
+        summary="Statistics for WhatsApp Business numbers: Marketing, Service and Incoming "
+        "conversations per number and month.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.include_router(health.router)
+    app.include_router(partners.router)
+    app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
+    _install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_body_bytes,
+        limits={WEBHOOK_PATH: settings.max_webhook_body_bytes},
+    )
+    app.add_middleware(
+        ProxyHeadersMiddleware,
+        trusted_hosts=[h.strip() for h in settings.forwarded_allow_ips.split(",") if h.strip()],
+    )
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Entry point for `uvicorn --factory` (used by `wastats serve --workers N`)."""
+    return create_app(load_settings())
+
+
+def _problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no such path: {request.url.path}"
+        return _problem(exc.status_code, detail.split(":")[0].title(), detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _problem(422, "Invalid request", f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error on %s: %s", request.url.path, exc.orig)
+        return _problem(503, "Service Unavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged in full for the operator; the client gets no stack trace.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _problem(500, "Internal Server Error", "unexpected error; it has been logged")

@@ -1,0 +1,104 @@
+"""`wastats numbers ...`: the business numbers of an account."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from wastats.cli.common import console, database, now
+from wastats.domain import numbers as service
+
+app = typer.Typer(help="Register, list and remove business numbers.", no_args_is_help=True)
+
+
+@app.command("add")
+def add(
+    account: Annotated[str, typer.Option(help="client_id of the account the number belongs to.")],
+    whatsapp: Annotated[
+        str, typer.Option(help="The number as shown to customers, e.g. 972501234567 or +972-50-...")
+    ],
+    phone_number_id: Annotated[
+        str, typer.Option(help="Meta's phone-number id (webhooks' metadata.phone_number_id).")
+    ],
+    waba_id: Annotated[str | None, typer.Option(help="WhatsApp Business Account id.")] = None,
+    display_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    business_name: Annotated[str | None, typer.Option(help="Business name.")] = None,
+    coexistence: Annotated[
+        bool,
+        typer.Option("--coexistence", help="The number is also used in the WhatsApp Business app."),
+    ] = False,
+) -> None:
+    """Register a number; webhooks already received for it are counted at once."""
+    with database(write=True) as conn:
+        number = service.add_number(
+            conn,
+            client_id=account,
+            whatsapp=whatsapp,
+            phone_number_id=phone_number_id,
+            waba_id=waba_id,
+            display_name=display_name,
+            business_name=business_name,
+            coexistence=coexistence,
+            now=now(),
+        )
+    console.print(
+        f"Registered {number.whatsapp} (phone-number id {number.phone_number_id}).",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_(
+    account: Annotated[str | None, typer.Option(help="Only this account's numbers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List registered numbers."""
+    with database(write=False) as conn:
+        rows = service.list_numbers(conn, account)
+    if as_json:
+        for n in rows:
+            typer.echo(
+                json.dumps(
+                    {
+                        "whatsapp": n.whatsapp,
+                        "phone_number_id": n.phone_number_id,
+                        "waba_id": n.waba_id,
+                        "display_name": n.display_name,
+                        "business_name": n.business_name,
+                        "coexistence": n.coexistence,
+                        "created_at": n.created_at,
+                    }
+                )
+            )
+        return
+    table = Table(
+        "whatsapp", "phone_number_id", "waba_id", "display name", "business", "coexistence", "added"
+    )
+    for n in rows:
+        added = datetime.fromtimestamp(n.created_at, UTC).strftime("%Y-%m-%d")
+        table.add_row(
+            n.whatsapp,
+            n.phone_number_id,
+            n.waba_id or "",
+            n.display_name or "",
+            n.business_name or "",
+            "yes" if n.coexistence else "no",
+            added,
+        )
+    console.print(table)
+
+
+@app.command("remove")
+def remove(
+    number: Annotated[str, typer.Argument(help="The number's digits or its phone-number id.")],
+) -> None:
+    """Unregister a number. Its webhook history is kept; adding it again restores its counts."""
+    with database(write=True) as conn:
+        row = service.remove_number(conn, number)
+    console.print(
+        f"Removed {row.whatsapp} (phone-number id {row.phone_number_id}).", highlight=False
+    )

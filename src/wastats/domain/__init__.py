@@ -1,0 +1,1 @@
+"""Domain services: accounts, credentials and tokens, numbers, statistics. No HTTP, no CLI."""

@@ -1,0 +1,85 @@
+"""Accounts (tenants) and their client credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection
+
+from wastats.domain.errors import InvalidInput, NotFound
+from wastats.store import accounts as repo
+from wastats.store.accounts import AccountRow
+
+
+@dataclass(frozen=True, slots=True)
+class NewCredentials:
+    """Shown once: only the hash of the secret is stored."""
+
+    client_id: str
+    client_secret: str
+    timezone: str
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets and tokens are 256 random bits: a slow password hash would add nothing but a
+    # denial-of-service lever, so a plain SHA-256 is the right tool here.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def load_zone(name: str) -> ZoneInfo:
+    """The IANA zone called `name`, or InvalidInput with a message naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidInput(
+            f"unknown time zone {name!r}: use an IANA name such as UTC or Asia/Jerusalem"
+        ) from None
+
+
+def create_account(conn: Connection, *, name: str, timezone: str, now: int) -> NewCredentials:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("the account name must not be empty")
+    load_zone(timezone)
+    client_id = secrets.token_hex(12)
+    client_secret = secrets.token_urlsafe(32)
+    repo.insert_account(
+        conn,
+        client_id=client_id,
+        secret_hash=hash_secret(client_secret),
+        name=name,
+        timezone=timezone,
+        now=now,
+    )
+    return NewCredentials(client_id=client_id, client_secret=client_secret, timezone=timezone)
+
+
+def get_account(conn: Connection, client_id: str) -> AccountRow:
+    account = repo.get_account_by_client_id(conn, client_id)
+    if account is None:
+        raise NotFound(f"no account with client id {client_id!r}")
+    return account
+
+
+def list_accounts(conn: Connection) -> list[tuple[AccountRow, int]]:
+    return repo.list_accounts(conn)
+
+
+def rotate_secret(conn: Connection, client_id: str) -> NewCredentials:
+    """A new secret; the old one stops working and every token issued with it is revoked."""
+    account = get_account(conn, client_id)
+    client_secret = secrets.token_urlsafe(32)
+    repo.update_secret_hash(conn, account.id, hash_secret(client_secret))
+    repo.delete_tokens_of(conn, account.id)
+    return NewCredentials(
+        client_id=client_id, client_secret=client_secret, timezone=account.timezone
+    )
+
+
+def delete_account(conn: Connection, client_id: str) -> AccountRow:
+    account = get_account(conn, client_id)
+    repo.delete_account(conn, account.id)
+    return account

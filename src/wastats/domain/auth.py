@@ -1,0 +1,87 @@
+"""Access tokens from client credentials, and the per-IP lockout that guards them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import Connection
+
+from wastats.domain.accounts import hash_secret
+from wastats.store import accounts as repo
+from wastats.store.accounts import AccountRow
+
+# Compared against when the client id is unknown, so a wrong id costs the same as a wrong
+# secret and response times don't reveal which client ids exist.
+_DUMMY_HASH = hash_secret("wastats-no-such-client")
+
+
+class TokenRefusal(Enum):
+    BAD_CREDENTIALS = "client_id or client_secret is wrong"
+    LOCKED_OUT = "too many failed attempts from this address; try again later"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    threshold: int
+    window_seconds: int
+    lock_seconds: int
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def issue_token(
+    conn: Connection,
+    *,
+    client_id: str,
+    client_secret: str,
+    ip: str,
+    now: int,
+    lifetime: int,
+    lockout: LockoutPolicy,
+) -> IssuedToken | TokenRefusal:
+    """A new token for valid credentials; a refusal otherwise. Older tokens stay valid."""
+    if repo.locked_until(conn, ip) > now:
+        return TokenRefusal.LOCKED_OUT
+    account = repo.get_account_by_client_id(conn, client_id)
+    expected = account.secret_hash if account else _DUMMY_HASH
+    secret_ok = hmac.compare_digest(hash_secret(client_secret), expected)
+    if account is None or not secret_ok:
+        repo.record_failure(
+            conn,
+            ip=ip,
+            now=now,
+            window=lockout.window_seconds,
+            threshold=lockout.threshold,
+            lock_seconds=lockout.lock_seconds,
+        )
+        return TokenRefusal.BAD_CREDENTIALS
+    repo.clear_failures(conn, ip)
+    token = secrets.token_urlsafe(32)
+    repo.insert_token(
+        conn,
+        token_hash=hash_token(token),
+        account_id=account.id,
+        now=now,
+        expires_at=now + lifetime,
+    )
+    repo.delete_expired_tokens(conn, now)
+    return IssuedToken(access_token=token, expires_at=now + lifetime)
+
+
+def authenticate(conn: Connection, token: str, now: int) -> AccountRow | None:
+    """The account of a live bearer token, or None."""
+    if not token or len(token) > 200:
+        return None
+    return repo.account_for_token(conn, hash_token(token), now)

@@ -1,0 +1,1 @@
+"""Ingestion: the webhook inbox (group commit), the counting pipeline, import and recount."""

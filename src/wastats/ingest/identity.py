@@ -1,0 +1,117 @@
+"""Customers (and message ids) as keyed hashes: the least personal data the counting rules need.
+
+Rule I needs to know that two messages come from the same customer, and the breakdowns need the
+customer's country; neither needs the phone number itself. So a phone number (`wa_id`) or a
+business-scoped user id (BSUID) is replaced, before anything is stored, by an HMAC-SHA256 under a
+server secret (truncated to 128 bits), and the country by the ISO region of its calling code.
+Without the secret, a leaked database does not give the numbers back by brute force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+import phonenumbers
+
+from wastats.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "wastats.secret"
+_BSUID_COUNTRY = re.compile(r"^([A-Z]{2})\.")
+
+
+class SecretKeyMissing(Exception):
+    pass
+
+
+class CustomerHasher:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the secret key must be at least 16 bytes")
+        self._key = key
+        # Within a batch the same customers recur (sent, delivered, read of one message):
+        # caching the HMAC per identifier saves most of the work.
+        self.phone_key = lru_cache(maxsize=65_536)(self._phone_key)
+        self.bsuid_key = lru_cache(maxsize=65_536)(self._bsuid_key)
+        self.message_id = lru_cache(maxsize=65_536)(self._message_id)
+
+    def _digest(self, kind: bytes, value: str) -> str:
+        return hmac.new(self._key, kind + value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def _phone_key(self, wa_id: str) -> str:
+        return self._digest(b"wa:", wa_id.lstrip("+"))
+
+    def _bsuid_key(self, user_id: str) -> str:
+        return self._digest(b"bsuid:", user_id)
+
+    def _message_id(self, wamid: str) -> str:
+        # Meta's message ids are base64 that embeds the customer's phone number
+        # (`wamid.HBgLMTY1MDM4Nzk0Mzk...` decodes to `...16503879439...`), so they are personal
+        # data too; the rules only need them as identity keys.
+        return self._digest(b"wamid:", wamid)
+
+    def participant_key(self, wa_id: str | None, user_id: str | None) -> str:
+        """Key of a group member, for the per-member delivery key of group messages."""
+        if wa_id:
+            return self.phone_key(wa_id)
+        return self.bsuid_key(user_id or "")
+
+
+@lru_cache(maxsize=65_536)
+def country_of_phone(wa_id: str) -> str | None:
+    """ISO region of the calling code of an international number, e.g. `972...` → `IL`."""
+    try:
+        number = phonenumbers.parse("+" + wa_id.lstrip("+"))
+    except phonenumbers.NumberParseException:
+        return None
+    region = phonenumbers.region_code_for_number(number)
+    if (region is None or region == "001") and number.country_code:  # 001: non-geographic
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+    return region if region and region not in ("ZZ", "001") else None
+
+
+def country_of_bsuid(user_id: str) -> str | None:
+    """BSUIDs start with the user's country: `US.13491208655302741918` → `US`."""
+    match = _BSUID_COUNTRY.match(user_id)
+    return match.group(1) if match else None
+
+
+def load_secret_key(settings: Settings) -> bytes:
+    """The hashing key: WASTATS_SECRET_KEY, else the key file beside the SQLite database
+    (created on first start). PostgreSQL deployments run several processes, possibly on several
+    machines, which must all hash alike: there the key has to be configured explicitly."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode("utf-8")
+    if not settings.is_sqlite:
+        raise SecretKeyMissing(
+            "WASTATS_SECRET_KEY must be set for PostgreSQL (the same value in every process), "
+            f"e.g. WASTATS_SECRET_KEY={secrets.token_urlsafe(32)}"
+        )
+    path = settings.data_directory() / SECRET_FILE
+    return _read_or_create(path)
+
+
+def _read_or_create(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48).encode("ascii")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: if two processes start at once, one creates the file and the other reads it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key + b"\n")
+    log.warning("generated a new secret key in %s: back it up with the database", path)
+    return key

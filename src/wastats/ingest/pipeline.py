@@ -1,0 +1,312 @@
+"""From stored raw bodies to counts: parse → facts → recompute the touched units → rollups.
+
+One call processes a batch of inbox bodies in the caller's transaction:
+
+1. parse every body into typed events (`wastats.whatsapp.payload`), noting what was not
+   understood (the body is then marked `rejected`, but everything understood in it still counts);
+2. turn events into facts, customers replaced by keyed hashes, and insert them with
+   `ON CONFLICT DO NOTHING`: a duplicate changes nothing;
+3. for every (number, customer), message and CBP conversation the batch touched, recompute its
+   counted units from *all* its stored facts with the pure rules (`wastats.counting.rules`);
+4. write the units that changed and apply the difference to the monthly rollups.
+
+Because step 3 always starts from the full set of facts, the counts depend only on which events
+were received, never on their order, batching or repetition: a late `delivered`, an inbound
+message older than a counted session, or pricing that only arrives on `read` all correct the
+counts they affect, including months already reported.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, text
+
+from wastats.counting import rules
+from wastats.counting.calendar import month_of
+from wastats.counting.model import CountedUnit, StatusFact
+from wastats.domain.accounts import load_zone
+from wastats.ingest.identity import CustomerHasher, country_of_bsuid, country_of_phone
+from wastats.store import counts as counts_repo
+from wastats.store import facts as facts_repo
+from wastats.store import inbox as inbox_repo
+from wastats.store import numbers as numbers_repo
+from wastats.whatsapp.events import InboundMessage, ParseResult, StatusUpdate
+from wastats.whatsapp.payload import parse_webhook
+
+# Processing takes this PostgreSQL advisory lock for its transaction, so batches from several
+# processes never recompute the same customer or conversation at once. Accepting webhooks
+# (the inbox insert) needs no lock and scales with processes; see docs/deployment.md.
+PG_PROCESSING_LOCK = 7_420_113_902
+
+MAX_TIMESTAMP = 10**10  # 2286-11-20: anything later is not a real event time
+
+
+@dataclass
+class NumberBatch:
+    """What one batch says about one business number."""
+
+    inbound: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    links: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+@dataclass
+class BatchReport:
+    bodies: int = 0
+    rejected: int = 0
+    inbound: int = 0
+    statuses: int = 0
+    units_changed: int = 0
+    newest_event: int = 0
+
+    def add(self, other: BatchReport) -> None:
+        self.bodies += other.bodies
+        self.rejected += other.rejected
+        self.inbound += other.inbound
+        self.statuses += other.statuses
+        self.units_changed += other.units_changed
+        self.newest_event = max(self.newest_event, other.newest_event)
+
+
+UnitChange = tuple[CountedUnit | None, CountedUnit | None]
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    # Column widths are enforced by PostgreSQL; an absurdly long id from a broken sender must
+    # not make the whole batch fail.
+    return value if value is None or len(value) <= size else value[:size]
+
+
+class Pipeline:
+    def __init__(self, hasher: CustomerHasher) -> None:
+        self.hasher = hasher
+
+    # --- the whole batch ------------------------------------------------------------------------
+
+    def process(
+        self, conn: Connection, bodies: Sequence[tuple[int, bytes]], now: int
+    ) -> BatchReport:
+        """Process inbox rows (id, raw body) and record each one's outcome."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_PROCESSING_LOCK})
+        report = BatchReport(bodies=len(bodies))
+        per_number: dict[str, NumberBatch] = defaultdict(NumberBatch)
+        outcomes: list[inbox_repo.Outcome] = []
+        for inbox_id, raw in bodies:
+            parsed = parse_webhook(raw)
+            skipped = self._collect(parsed, per_number, report)
+            problems = parsed.reason()
+            if skipped:
+                problems = "; ".join(p for p in (problems, skipped) if p)
+            events = len(parsed.inbound) + len(parsed.statuses)
+            if problems:
+                report.rejected += 1
+            outcomes.append(
+                inbox_repo.Outcome(
+                    id=inbox_id,
+                    state=inbox_repo.REJECTED if problems else inbox_repo.PROCESSED,
+                    reason=problems or None,
+                    events=events,
+                )
+            )
+        report.units_changed = self.apply(conn, per_number)
+        inbox_repo.record_outcomes(conn, outcomes, now)
+        return report
+
+    def apply(self, conn: Connection, per_number: dict[str, NumberBatch]) -> int:
+        """Store the facts of each number, recompute what they touch, update the rollups."""
+        zones = {
+            number: load_zone(zone)
+            for number, zone in numbers_repo.zones_of(conn, per_number).items()
+        }
+        deltas: Counter[counts_repo.RollupKey] = Counter()
+        changed = 0
+        for number in sorted(per_number):
+            changes = self._apply_number(conn, number, per_number[number])
+            changed += len(changes)
+            zone = zones.get(number)
+            if zone is not None:
+                _add_deltas(deltas, number, zone, changes)
+        counts_repo.apply_deltas(conn, deltas)
+        return changed
+
+    # --- events → fact rows ---------------------------------------------------------------------
+
+    def _collect(
+        self, parsed: ParseResult, per_number: dict[str, NumberBatch], report: BatchReport
+    ) -> str:
+        skipped: list[str] = []
+        for message in parsed.inbound:
+            if not 0 <= message.timestamp < MAX_TIMESTAMP:
+                skipped.append(
+                    f"message {message.wamid}: timestamp {message.timestamp} out of range"
+                )
+                continue
+            if message.type == "system":
+                continue  # Rule I: every type except system
+            number = _clip(message.phone_number_id, 64) or ""
+            per_number[number].inbound.append(self._inbound_row(number, message))
+            report.inbound += 1
+            report.newest_event = max(report.newest_event, message.timestamp)
+        for status in parsed.statuses:
+            if not 0 <= status.timestamp < MAX_TIMESTAMP:
+                skipped.append(f"status {status.wamid}: timestamp {status.timestamp} out of range")
+                continue
+            number = _clip(status.phone_number_id, 64) or ""
+            per_number[number].statuses.append(self._status_row(number, status))
+            report.statuses += 1
+            report.newest_event = max(report.newest_event, status.timestamp)
+        for link in parsed.links:
+            number = _clip(link.phone_number_id, 64) or ""
+            per_number[number].links.add(
+                (number, self.hasher.bsuid_key(link.user_id), self.hasher.phone_key(link.wa_id))
+            )
+        return "; ".join(skipped[:3])
+
+    def _customer(self, wa_id: str | None, user_id: str | None) -> dict[str, Any]:
+        wa_key = self.hasher.phone_key(wa_id) if wa_id else None
+        bsuid_key = self.hasher.bsuid_key(user_id) if user_id else None
+        country = country_of_phone(wa_id) if wa_id else None
+        if country is None and user_id:
+            country = country_of_bsuid(user_id)
+        # A BSUID-only customer is resolved to its linked phone number, if any, in _apply_number.
+        return {"user_key": wa_key or bsuid_key, "wa_key": wa_key, "bsuid_key": bsuid_key,
+                "country": country}  # fmt: skip
+
+    def _inbound_row(self, number: str, message: InboundMessage) -> dict[str, Any]:
+        row = self._customer(message.wa_id, message.user_id)
+        row.update(
+            phone_number_id=number,
+            wamid=self.hasher.message_id(message.wamid),
+            ts=message.timestamp,
+        )
+        return row
+
+    def _status_row(self, number: str, status: StatusUpdate) -> dict[str, Any]:
+        customer = self._customer(status.recipient_wa_id, status.recipient_user_id)
+        message_key = self.hasher.message_id(status.wamid)
+        if status.group_id is not None:
+            # Meta charges group messages per delivered member: each member is one delivery.
+            member = self.hasher.participant_key(status.recipient_wa_id, status.recipient_user_id)
+            message_key = f"{message_key}/{member}"
+        return {
+            "phone_number_id": number,
+            "message_key": _clip(message_key, 200),
+            "status": _clip(status.status, 16),
+            "ts": status.timestamp,
+            "conversation_id": _clip(status.conversation_id, 160),
+            "conversation_origin": _clip(status.conversation_origin, 48),
+            "expiration_ts": status.expiration_timestamp
+            if status.expiration_timestamp is not None
+            and 0 <= status.expiration_timestamp < MAX_TIMESTAMP
+            else None,
+            "pricing_model": _clip(status.pricing_model, 8),
+            "pricing_type": _clip(status.pricing_type, 48),
+            "pricing_category": _clip(status.pricing_category, 48),
+            "billable": status.billable,
+            "user_key": customer["user_key"],
+            "wa_key": customer["wa_key"],
+            "bsuid_key": customer["bsuid_key"],
+            "country": customer["country"],
+        }
+
+    # --- one number: facts in, units recomputed -------------------------------------------------
+
+    def _apply_number(self, conn: Connection, number: str, batch: NumberBatch) -> list[UnitChange]:
+        users: set[str] = set()
+        for _, bsuid_key, wa_key in facts_repo.insert_links(conn, batch.links):
+            facts_repo.relink(conn, number, bsuid_key, wa_key)
+            users.update((bsuid_key, wa_key))
+        unresolved = {
+            row["bsuid_key"]
+            for row in (*batch.inbound, *batch.statuses)
+            if row["wa_key"] is None and row["bsuid_key"] is not None
+        }
+        if unresolved:
+            linked = facts_repo.linked_phone_keys(conn, number, unresolved)
+            for row in (*batch.inbound, *batch.statuses):
+                if row["wa_key"] is None and row["bsuid_key"] in linked:
+                    row["user_key"] = linked[row["bsuid_key"]]
+        inbound = [r for r in batch.inbound if r["user_key"] is not None]
+        facts_repo.insert_inbound(conn, inbound)
+        facts_repo.insert_statuses(
+            conn,
+            [
+                {k: v for k, v in r.items() if k not in ("wa_key", "bsuid_key")}
+                for r in batch.statuses
+            ],
+        )
+        users.update(r["user_key"] for r in inbound)
+        messages = {r["message_key"] for r in batch.statuses}
+        return self.recompute(conn, number, users, messages)
+
+    def recompute(
+        self, conn: Connection, number: str, users: Iterable[str], messages: Iterable[str]
+    ) -> list[UnitChange]:
+        """Recompute the units of these customers and messages (and of the CBP conversations the
+        messages belong to) from all stored facts; write and return the changes."""
+        users = set(users)
+        new: dict[str, CountedUnit] = {}
+        old: dict[str, CountedUnit] = {}
+
+        if users:
+            times = facts_repo.inbound_times(conn, number, users)
+            for user in users:
+                seen = times.get(user, [])
+                for unit in rules.incoming_sessions(
+                    user, (t for t, _ in seen), rules.user_country(seen)
+                ):
+                    new[unit.unit_key] = unit
+            old.update(facts_repo.session_units_of(conn, number, users))
+
+        statuses = facts_repo.statuses_of(conn, number, messages) if messages else {}
+        conversations: set[str] = set()
+        for message_key in messages:
+            facts = statuses.get(message_key, [])
+            conversations |= rules.message_conversation_ids(facts)
+            billable = rules.message_unit(facts) if facts else None
+            if billable is not None:
+                new[billable.unit_key] = billable
+        keys = [f"P:{m}" for m in messages]
+        if conversations:
+            members = facts_repo.messages_in_conversations(conn, number, conversations)
+            missing = set().union(*members.values()) - statuses.keys()
+            if missing:
+                statuses.update(facts_repo.statuses_of(conn, number, missing))
+            for conversation in conversations:
+                member_facts: list[StatusFact] = []
+                for message_key in members.get(conversation, ()):
+                    member_facts.extend(statuses.get(message_key, ()))
+                counted = rules.conversation_unit(conversation, member_facts)
+                if counted is not None:
+                    new[counted.unit_key] = counted
+            keys += [f"C:{c}" for c in conversations]
+        if keys:
+            old.update(facts_repo.units_by_key(conn, number, keys))
+
+        deletes = [key for key in old if key not in new]
+        upserts = [unit for key, unit in new.items() if old.get(key) != unit]
+        facts_repo.write_units(conn, number, upserts, deletes)
+        changes: list[UnitChange] = [(old[key], None) for key in deletes]
+        changes += [(old.get(unit.unit_key), unit) for unit in upserts]
+        return changes
+
+
+def _add_deltas(
+    deltas: Counter[counts_repo.RollupKey],
+    number: str,
+    zone: ZoneInfo,
+    changes: Iterable[UnitChange],
+) -> None:
+    for before, after in changes:
+        if before is not None:
+            month = month_of(before.timestamp, zone)
+            deltas[(number, month, before.bucket.value, before.category, before.pricing_type)] -= 1
+        if after is not None:
+            month = month_of(after.timestamp, zone)
+            deltas[(number, month, after.bucket.value, after.category, after.pricing_type)] += 1

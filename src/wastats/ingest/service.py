@@ -1,0 +1,332 @@
+"""Accepting webhooks: durable before the 200, counted right after.
+
+Two threads per process:
+
+* the **inbox writer** takes every body handed in by concurrent requests and stores them in one
+  transaction (group commit): a burst of a thousand requests costs a handful of commits, not a
+  thousand fsyncs. Each request's 200 is released only when the transaction holding its body
+  has committed; if the commit fails the request gets 503 and Meta retries it.
+* the **processor** runs the counting pipeline over what the writer just committed, usually
+  within milliseconds, so counts are visible well inside a second of the 200. If it fails or
+  the process dies, the bodies stay `pending` in the inbox and are processed by the next sweep
+  (at start and every few seconds), by this or any other process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wastats.ingest.pipeline import BatchReport, Pipeline
+from wastats.store import inbox as inbox_repo
+from wastats.store.db import Database
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class IngestUnavailable(Exception):
+    """The body could not be stored: the caller must not acknowledge it."""
+
+
+@dataclass
+class _Pending:
+    raw: bytes
+    sha256: str
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class IngestStats:
+    accepted: int = 0
+    duplicates: int = 0
+    store_errors: int = 0
+    processed_bodies: int = 0
+    rejected_bodies: int = 0
+    statuses: int = 0
+    inbound: int = 0
+    process_errors: int = 0
+    newest_event: int = 0
+    last_commit: float = 0.0
+
+
+class IngestService:
+    def __init__(
+        self,
+        db: Database,
+        pipeline: Pipeline,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 1000,
+        sweep_seconds: float = 5.0,
+        retention_days: int = 30,
+    ) -> None:
+        self.db = db
+        self.pipeline = pipeline
+        self.clock = clock
+        self.max_batch = max_batch
+        self.sweep_seconds = sweep_seconds
+        self.retention_days = retention_days
+        self.stats = IngestStats()
+        self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping.clear()
+        for name, target in (("inbox-writer", self._write_loop), ("processor", self._process_loop)):
+            thread = threading.Thread(target=target, name=f"wastats-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Finish what was handed in, then stop; pending rows are left for the next start."""
+        self._stopping.set()
+        self._incoming.put(_STOP)
+        self._threads[0].join(timeout=30)
+        self._committed.put(_STOP)
+        self._threads[1].join(timeout=60)
+        self._threads.clear()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    # --- accepting --------------------------------------------------------------------------
+
+    async def accept(self, raw: bytes) -> None:
+        """Return once `raw` is committed to the inbox; raise IngestUnavailable if it can't be."""
+        if self._stopping.is_set() or not self.running:
+            raise IngestUnavailable("wastats is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        sha = hashlib.sha256(raw).hexdigest()
+        # Counted as in flight from now until processed (or refused), for wait_idle.
+        self._track(+1)
+        self._incoming.put(_Pending(raw=raw, sha256=sha, future=future, loop=loop))
+        await future
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until everything handed in so far is committed and processed (for tests,
+        benchmarks and orderly shutdown; the service itself never waits on this)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _track(self, delta: int) -> None:
+        if not delta:
+            return
+        with self._idle:
+            self._in_flight += delta
+            if self._in_flight <= 0:
+                self._in_flight = 0
+                self._idle.notify_all()
+
+    # --- the writer thread ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._incoming.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, _Pending)
+            batch = [first]
+            stop_after = False
+            # Everything that queued up while the previous commit ran goes into this one.
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+            self._commit(batch)
+            if stop_after:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        now = int(self.clock())
+        unique = {p.sha256: p for p in batch}
+        try:
+            with self.db.write() as conn:
+                new_ids = inbox_repo.insert_bodies(
+                    conn,
+                    [
+                        inbox_repo.NewBody(
+                            sha256=sha, body=p.raw, source="webhook", received_at=now
+                        )
+                        for sha, p in unique.items()
+                    ],
+                )
+        except Exception as exc:
+            self.stats.store_errors += len(batch)
+            log.error("could not store %d webhook bodies: %s", len(batch), exc)
+            for pending in batch:
+                _resolve(
+                    pending, IngestUnavailable(f"could not store the body: {type(exc).__name__}")
+                )
+            self._track(-len(batch))
+            return
+        self.stats.accepted += len(new_ids)
+        self.stats.duplicates += len(batch) - len(new_ids)
+        self.stats.last_commit = time.time()
+        # Bodies that were already stored (retries, duplicates) need no processing.
+        self._track(-(len(batch) - len(new_ids)))
+        if new_ids:
+            self._committed.put(sorted(new_ids.values()))
+        for pending in batch:
+            _resolve(pending, None)
+
+    # --- the processor thread ---------------------------------------------------------------
+
+    def _process_loop(self) -> None:
+        self.sweep(older_than=0)
+        last_sweep = last_purge = time.monotonic()
+        while True:
+            try:
+                item = self._committed.get(timeout=self.sweep_seconds)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            ids: list[int] = list(item) if isinstance(item, list) else []
+            stop_after = False
+            while len(ids) < self.max_batch * 4:
+                try:
+                    more = self._committed.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop_after = True
+                    break
+                assert isinstance(more, list)
+                ids.extend(more)
+            try:
+                if ids:
+                    self._process_ids(ids)
+            finally:
+                self._track(-len(ids))
+            if stop_after:
+                return
+            if time.monotonic() - last_sweep >= self.sweep_seconds:
+                # Bodies another process (or a crash) left pending for a while.
+                self.sweep(older_than=int(self.sweep_seconds * 2))
+                last_sweep = time.monotonic()
+            if time.monotonic() - last_purge >= 3600:
+                self.purge()
+                last_purge = time.monotonic()
+
+    def sweep(self, older_than: int) -> None:
+        """Process pending inbox rows received more than `older_than` seconds ago."""
+        while not self._stopping.is_set():
+            try:
+                with self.db.read() as conn:
+                    ids = inbox_repo.pending_ids(
+                        conn, self.max_batch, received_before=int(self.clock()) - older_than + 1
+                    )
+            except Exception as exc:
+                log.error("inbox sweep failed: %s", exc)
+                return
+            if not ids or not self._process_ids(ids):
+                return
+
+    def purge(self) -> None:
+        if self.retention_days <= 0:
+            return
+        cutoff = int(self.clock()) - self.retention_days * 86400
+        try:
+            with self.db.write() as conn:
+                purged = inbox_repo.purge_bodies(conn, cutoff)
+            if purged:
+                log.info("dropped %d raw bodies older than %d days", purged, self.retention_days)
+        except Exception as exc:
+            log.error("purging old bodies failed: %s", exc)
+
+    def _process_ids(self, ids: list[int]) -> bool:
+        """Process these inbox rows; returns False if nothing could be done (database down)."""
+        try:
+            self._record(self._process(ids))
+            return True
+        except Exception as exc:
+            log.error("processing %d inbox bodies failed (%s); retrying one by one", len(ids), exc)
+        # One bad body must not hold back the others: retry each alone, and park the ones that
+        # still fail as rejected, with the reason, for the operator (`wastats events rejected`).
+        progressed = False
+        for inbox_id in ids:
+            try:
+                self._record(self._process([inbox_id]))
+                progressed = True
+            except Exception as exc:
+                self.stats.process_errors += 1
+                log.exception("inbox body %d could not be processed", inbox_id)
+                progressed |= self._park(inbox_id, exc)
+        return progressed
+
+    def _process(self, ids: list[int]) -> BatchReport:
+        with self.db.write() as conn:
+            bodies = inbox_repo.load_bodies(conn, ids)
+            return self.pipeline.process(conn, bodies, int(self.clock()))
+
+    def _park(self, inbox_id: int, exc: Exception) -> bool:
+        try:
+            with self.db.write() as conn:
+                inbox_repo.record_outcomes(
+                    conn,
+                    [
+                        inbox_repo.Outcome(
+                            id=inbox_id,
+                            state=inbox_repo.REJECTED,
+                            reason=f"internal error while counting: {type(exc).__name__}: {exc}"[
+                                :500
+                            ],
+                            events=0,
+                        )
+                    ],
+                    int(self.clock()),
+                )
+            return True
+        except Exception:
+            return False
+
+    def _record(self, report: BatchReport) -> None:
+        self.stats.processed_bodies += report.bodies
+        self.stats.rejected_bodies += report.rejected
+        self.stats.statuses += report.statuses
+        self.stats.inbound += report.inbound
+        self.stats.newest_event = max(self.stats.newest_event, report.newest_event)
+
+
+def _resolve(pending: _Pending, error: Exception | None) -> None:
+    def settle() -> None:
+        if pending.future.done():
+            return
+        if error is None:
+            pending.future.set_result(None)
+        else:
+            pending.future.set_exception(error)
+
+    # RuntimeError: the request's event loop is gone (client disconnected at shutdown).
+    with contextlib.suppress(RuntimeError):
+        pending.loop.call_soon_threadsafe(settle)

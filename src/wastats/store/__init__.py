@@ -1,0 +1,1 @@
+"""Storage: the schema, migrations, and repository functions (all SQL lives in this package)."""

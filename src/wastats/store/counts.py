@@ -1,0 +1,176 @@
+"""Repository: the monthly rollups that every statistics read is served from.
+
+A rollup row is (number, local month, bucket, category, pricing type) → units. Reads never touch
+raw bodies, facts or units; writes are additive deltas produced by the counting pipeline, or a
+full rebuild of one number from its counted units (on registration and on `wastats recount`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, and_, delete, func, select
+
+from wastats.counting.calendar import month_of
+from wastats.store.schema import business_numbers, counted_units, monthly_counts
+from wastats.store.sql import chunks, insert_for
+
+RollupKey = tuple[str, int, str, str, str]
+"""(phone_number_id, month YYYYMM, bucket, category, pricing_type)"""
+
+COUNTED_BUCKETS = ("marketing", "service", "incoming")
+
+
+def monthly_bucket_totals(
+    conn: Connection,
+    *,
+    account_id: int,
+    phone_number_id: str | None,
+    first_month: int | None,
+    last_month: int | None,
+) -> dict[int, dict[str, int]]:
+    """{month: {bucket: units}} for the account's numbers (or one of them), the three buckets."""
+    query = (
+        select(monthly_counts.c.month, monthly_counts.c.bucket, func.sum(monthly_counts.c.units))
+        .join(
+            business_numbers,
+            business_numbers.c.phone_number_id == monthly_counts.c.phone_number_id,
+        )
+        .where(
+            business_numbers.c.account_id == account_id,
+            monthly_counts.c.bucket.in_(COUNTED_BUCKETS),
+        )
+        .group_by(monthly_counts.c.month, monthly_counts.c.bucket)
+    )
+    if phone_number_id is not None:
+        query = query.where(monthly_counts.c.phone_number_id == phone_number_id)
+    if first_month is not None:
+        query = query.where(monthly_counts.c.month >= first_month)
+    if last_month is not None:
+        query = query.where(monthly_counts.c.month <= last_month)
+    totals: dict[int, dict[str, int]] = defaultdict(dict)
+    for month, bucket, units in conn.execute(query):
+        totals[int(month)][bucket] = int(units)
+    return dict(totals)
+
+
+def number_bucket_totals(
+    conn: Connection, *, account_id: int, month: int
+) -> dict[str, dict[str, int]]:
+    """{phone_number_id: {bucket: units}} of one month, for every number of the account."""
+    query = (
+        select(
+            monthly_counts.c.phone_number_id,
+            monthly_counts.c.bucket,
+            func.sum(monthly_counts.c.units),
+        )
+        .join(
+            business_numbers,
+            business_numbers.c.phone_number_id == monthly_counts.c.phone_number_id,
+        )
+        .where(
+            business_numbers.c.account_id == account_id,
+            monthly_counts.c.month == month,
+            monthly_counts.c.bucket.in_(COUNTED_BUCKETS),
+        )
+        .group_by(monthly_counts.c.phone_number_id, monthly_counts.c.bucket)
+    )
+    totals: dict[str, dict[str, int]] = defaultdict(dict)
+    for number, bucket, units in conn.execute(query):
+        totals[number][bucket] = int(units)
+    return dict(totals)
+
+
+def apply_deltas(conn: Connection, deltas: Mapping[RollupKey, int]) -> None:
+    """Add each delta to its rollup row (creating it), then drop rows that reached zero.
+
+    Keys are applied in sorted order so two PostgreSQL transactions touching the same rows lock
+    them in the same order and cannot deadlock.
+    """
+    changes = sorted((key, delta) for key, delta in deltas.items() if delta)
+    if not changes:
+        return
+    stmt = insert_for(conn, monthly_counts)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[
+            monthly_counts.c.phone_number_id,
+            monthly_counts.c.month,
+            monthly_counts.c.bucket,
+            monthly_counts.c.category,
+            monthly_counts.c.pricing_type,
+        ],
+        set_={"units": monthly_counts.c.units + stmt.excluded.units},
+    )
+    conn.execute(
+        stmt,
+        [
+            {
+                "phone_number_id": key[0],
+                "month": key[1],
+                "bucket": key[2],
+                "category": key[3],
+                "pricing_type": key[4],
+                "units": delta,
+            }
+            for key, delta in changes
+        ],
+    )
+    numbers = sorted({key[0] for key, _ in changes})
+    for part in chunks(numbers):
+        conn.execute(
+            delete(monthly_counts).where(
+                and_(monthly_counts.c.phone_number_id.in_(part), monthly_counts.c.units == 0)
+            )
+        )
+
+
+def rollup_rows(conn: Connection, phone_number_id: str) -> dict[RollupKey, int]:
+    rows = conn.execute(
+        select(
+            monthly_counts.c.phone_number_id,
+            monthly_counts.c.month,
+            monthly_counts.c.bucket,
+            monthly_counts.c.category,
+            monthly_counts.c.pricing_type,
+            monthly_counts.c.units,
+        ).where(monthly_counts.c.phone_number_id == phone_number_id)
+    )
+    return {(r[0], int(r[1]), r[2], r[3], r[4]): int(r[5]) for r in rows}
+
+
+def rollups_from_units(
+    conn: Connection, phone_number_id: str, zone: ZoneInfo
+) -> dict[RollupKey, int]:
+    """What the rollups of one number must be, computed from its counted units."""
+    expected: dict[RollupKey, int] = defaultdict(int)
+    rows = conn.execute(
+        select(
+            counted_units.c.ts,
+            counted_units.c.bucket,
+            counted_units.c.category,
+            counted_units.c.pricing_type,
+        ).where(counted_units.c.phone_number_id == phone_number_id)
+    )
+    for ts, bucket, category, pricing_type in rows:
+        expected[(phone_number_id, month_of(int(ts), zone), bucket, category, pricing_type)] += 1
+    return dict(expected)
+
+
+def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[RollupKey, int]) -> None:
+    conn.execute(delete(monthly_counts).where(monthly_counts.c.phone_number_id == phone_number_id))
+    values: Sequence[dict[str, object]] = [
+        {
+            "phone_number_id": key[0],
+            "month": key[1],
+            "bucket": key[2],
+            "category": key[3],
+            "pricing_type": key[4],
+            "units": units,
+        }
+        for key, units in sorted(rows.items())
+        if units
+    ]
+    if values:
+        conn.execute(monthly_counts.insert(), values)

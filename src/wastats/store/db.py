@@ -1,0 +1,112 @@
+"""Database engine and transactions, the same API on SQLite and PostgreSQL.
+
+Callers never commit by hand: `db.write()` is a transaction that commits when the block ends
+(the request, batch or CLI-command edge), `db.read()` a read-only one. On SQLite a write
+transaction starts with `BEGIN IMMEDIATE`, so two writers queue on the busy timeout instead of
+deadlocking when both try to upgrade a read lock; reads start with a plain `BEGIN` and, thanks
+to WAL, never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class Database:
+    """One engine per process; stateless apart from its connection pool."""
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).resolve().parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(
+                url,
+                connect_args={
+                    "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+                    "check_same_thread": False,
+                    # We emit BEGIN ourselves (see _sqlite_begin); the sqlite3 module's own
+                    # implicit transactions would otherwise fight SQLAlchemy's.
+                    "isolation_level": None,
+                },
+                pool_size=pool_size,
+                max_overflow=pool_size,
+            )
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.engine = create_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                # A short connect timeout turns "database is gone" into a prompt 503 rather
+                # than a request hanging until Meta's delivery times out.
+                connect_args={"connect_timeout": 5},
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A read-write transaction: committed at the end of the block, rolled back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(wastats_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (kept separate so reads can later move to a replica)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer and vice versa. NORMAL sync in WAL mode loses no
+    # committed transaction on an application crash (only, possibly, the last ones on power
+    # loss); the inbox writer batches commits, so FULL would cost little, but NORMAL is what
+    # SQLite documents for WAL and the measured default of this project (docs/benchmarks.md).
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get("wastats_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def create_database(url: str) -> Database:
+    return Database(url)
+
+
+def create_migration_engine(url: str) -> Engine:
+    """A throwaway engine for Alembic: no pool, so nothing lingers after the upgrade."""
+    return create_engine(url, poolclass=NullPool)

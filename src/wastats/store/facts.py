@@ -1,0 +1,353 @@
+"""Repository: the facts the counting rules need, and the counted units they produce.
+
+Facts are insert-only with natural unique keys, so a duplicate webhook is a no-op
+(`ON CONFLICT DO NOTHING`). Units are replaced per key when the rules recompute them.
+Every query is scoped by `phone_number_id` first, which is also the leading column of every key.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, select, union, update
+
+from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
+from wastats.store.schema import (
+    business_numbers,
+    counted_units,
+    inbound_messages,
+    message_statuses,
+    user_links,
+)
+from wastats.store.sql import chunks, insert_for
+
+InboundRow = dict[str, Any]
+StatusRow = dict[str, Any]
+
+
+def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
+    if rows:
+        stmt = insert_for(conn, inbound_messages).on_conflict_do_nothing(
+            index_elements=[inbound_messages.c.phone_number_id, inbound_messages.c.wamid]
+        )
+        conn.execute(stmt, rows)
+
+
+def insert_statuses(conn: Connection, rows: Sequence[StatusRow]) -> None:
+    if rows:
+        key = message_statuses.primary_key.columns
+        stmt = insert_for(conn, message_statuses).on_conflict_do_nothing(index_elements=list(key))
+        conn.execute(stmt, rows)
+
+
+# --- identity links ---------------------------------------------------------------------------
+
+
+def insert_links(
+    conn: Connection, links: Iterable[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """Store (phone_number_id, bsuid_key, wa_key) links; returns the ones that are new."""
+    rows = [{"phone_number_id": p, "bsuid_key": b, "wa_key": w} for p, b, w in sorted(set(links))]
+    if not rows:
+        return []
+    stmt = (
+        insert_for(conn, user_links)
+        .on_conflict_do_nothing(
+            index_elements=[user_links.c.phone_number_id, user_links.c.bsuid_key]
+        )
+        .returning(user_links.c.phone_number_id, user_links.c.bsuid_key, user_links.c.wa_key)
+    )
+    return [(p, b, w) for p, b, w in conn.execute(stmt, rows)]
+
+
+def linked_phone_keys(
+    conn: Connection, phone_number_id: str, bsuid_keys: Iterable[str]
+) -> dict[str, str]:
+    keys = sorted(set(bsuid_keys))
+    found: dict[str, str] = {}
+    for part in chunks(keys):
+        rows = conn.execute(
+            select(user_links.c.bsuid_key, user_links.c.wa_key).where(
+                user_links.c.phone_number_id == phone_number_id, user_links.c.bsuid_key.in_(part)
+            )
+        )
+        found.update({b: w for b, w in rows})
+    return found
+
+
+def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) -> None:
+    """From now on facts keyed by a BSUID belong to the linked phone number's customer."""
+    conn.execute(
+        update(inbound_messages)
+        .where(
+            inbound_messages.c.phone_number_id == phone_number_id,
+            inbound_messages.c.user_key == bsuid_key,
+        )
+        .values(user_key=wa_key)
+    )
+    conn.execute(
+        update(message_statuses)
+        .where(
+            message_statuses.c.phone_number_id == phone_number_id,
+            message_statuses.c.user_key == bsuid_key,
+        )
+        .values(user_key=wa_key)
+    )
+    conn.execute(
+        update(counted_units)
+        .where(
+            counted_units.c.phone_number_id == phone_number_id,
+            counted_units.c.user_key == bsuid_key,
+            counted_units.c.kind != UnitKind.INCOMING_SESSION.value,
+        )
+        .values(user_key=wa_key)
+    )
+
+
+# --- reading facts back -------------------------------------------------------------------------
+
+
+def inbound_times(
+    conn: Connection, phone_number_id: str, user_keys: Iterable[str]
+) -> dict[str, list[tuple[int, str | None]]]:
+    """{user_key: [(timestamp, country)]} of every stored inbound message of these customers."""
+    result: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
+    for part in chunks(sorted(set(user_keys))):
+        rows = conn.execute(
+            select(
+                inbound_messages.c.user_key, inbound_messages.c.ts, inbound_messages.c.country
+            ).where(
+                inbound_messages.c.phone_number_id == phone_number_id,
+                inbound_messages.c.user_key.in_(part),
+            )
+        )
+        for user_key, ts, country in rows:
+            result[user_key].append((int(ts), country))
+    return result
+
+
+_STATUS_COLUMNS = (
+    message_statuses.c.message_key,
+    message_statuses.c.status,
+    message_statuses.c.ts,
+    message_statuses.c.conversation_id,
+    message_statuses.c.conversation_origin,
+    message_statuses.c.expiration_ts,
+    message_statuses.c.pricing_model,
+    message_statuses.c.pricing_type,
+    message_statuses.c.pricing_category,
+    message_statuses.c.billable,
+    message_statuses.c.user_key,
+    message_statuses.c.country,
+)
+
+
+def _status_fact(row: Sequence[Any]) -> StatusFact:
+    return StatusFact(
+        message_key=row[0],
+        status=row[1],
+        timestamp=int(row[2]),
+        conversation_id=row[3],
+        conversation_origin=row[4],
+        expiration_timestamp=None if row[5] is None else int(row[5]),
+        pricing_model=row[6],
+        pricing_type=row[7],
+        pricing_category=row[8],
+        billable=None if row[9] is None else bool(row[9]),
+        user_key=row[10],
+        country=row[11],
+    )
+
+
+def statuses_of(
+    conn: Connection, phone_number_id: str, message_keys: Iterable[str]
+) -> dict[str, list[StatusFact]]:
+    """{message_key: [StatusFact]} of every stored status of these messages."""
+    result: dict[str, list[StatusFact]] = defaultdict(list)
+    for part in chunks(sorted(set(message_keys))):
+        rows = conn.execute(
+            select(*_STATUS_COLUMNS).where(
+                message_statuses.c.phone_number_id == phone_number_id,
+                message_statuses.c.message_key.in_(part),
+            )
+        )
+        for row in rows:
+            fact = _status_fact(row)
+            result[fact.message_key].append(fact)
+    return result
+
+
+def messages_in_conversations(
+    conn: Connection, phone_number_id: str, conversation_ids: Iterable[str]
+) -> dict[str, set[str]]:
+    """{conversation_id: {message_key}} of the messages any status of which carries the id."""
+    result: dict[str, set[str]] = defaultdict(set)
+    for part in chunks(sorted(set(conversation_ids))):
+        rows = conn.execute(
+            select(message_statuses.c.conversation_id, message_statuses.c.message_key)
+            .where(
+                message_statuses.c.phone_number_id == phone_number_id,
+                message_statuses.c.conversation_id.in_(part),
+            )
+            .distinct()
+        )
+        for conversation_id, message_key in rows:
+            result[conversation_id].add(message_key)
+    return result
+
+
+# --- counted units --------------------------------------------------------------------------------
+
+_UNIT_COLUMNS = (
+    counted_units.c.unit_key,
+    counted_units.c.kind,
+    counted_units.c.ts,
+    counted_units.c.bucket,
+    counted_units.c.category,
+    counted_units.c.pricing_type,
+    counted_units.c.era,
+    counted_units.c.user_key,
+    counted_units.c.country,
+)
+
+
+def _unit(row: Sequence[Any]) -> CountedUnit:
+    return CountedUnit(
+        unit_key=row[0],
+        kind=UnitKind(row[1]),
+        timestamp=int(row[2]),
+        bucket=Bucket(row[3]),
+        category=row[4],
+        pricing_type=row[5],
+        era=Era(row[6]) if row[6] else None,
+        user_key=row[7],
+        country=row[8],
+    )
+
+
+def units_by_key(
+    conn: Connection, phone_number_id: str, unit_keys: Iterable[str]
+) -> dict[str, CountedUnit]:
+    found: dict[str, CountedUnit] = {}
+    for part in chunks(sorted(set(unit_keys))):
+        rows = conn.execute(
+            select(*_UNIT_COLUMNS).where(
+                counted_units.c.phone_number_id == phone_number_id,
+                counted_units.c.unit_key.in_(part),
+            )
+        )
+        found.update((row[0], _unit(row)) for row in rows)
+    return found
+
+
+def session_units_of(
+    conn: Connection, phone_number_id: str, user_keys: Iterable[str]
+) -> dict[str, CountedUnit]:
+    """Every incoming-session unit of these customers (keys `I:<user_key>:<start>`)."""
+    found: dict[str, CountedUnit] = {}
+    for user_key in sorted(set(user_keys)):
+        # ';' sorts right after ':', so this is a prefix scan of the primary key.
+        rows = conn.execute(
+            select(*_UNIT_COLUMNS).where(
+                counted_units.c.phone_number_id == phone_number_id,
+                counted_units.c.unit_key >= f"I:{user_key}:",
+                counted_units.c.unit_key < f"I:{user_key};",
+            )
+        )
+        found.update((row[0], _unit(row)) for row in rows)
+    return found
+
+
+def _unit_row(phone_number_id: str, unit: CountedUnit) -> dict[str, Any]:
+    return {
+        "phone_number_id": phone_number_id,
+        "unit_key": unit.unit_key,
+        "kind": unit.kind.value,
+        "ts": unit.timestamp,
+        "bucket": unit.bucket.value,
+        "category": unit.category,
+        "pricing_type": unit.pricing_type,
+        "era": unit.era.value if unit.era else None,
+        "user_key": unit.user_key,
+        "country": unit.country,
+    }
+
+
+def write_units(
+    conn: Connection,
+    phone_number_id: str,
+    upserts: Sequence[CountedUnit],
+    deletes: Sequence[str],
+) -> None:
+    for part in chunks(sorted(deletes)):
+        conn.execute(
+            delete(counted_units).where(
+                counted_units.c.phone_number_id == phone_number_id,
+                counted_units.c.unit_key.in_(part),
+            )
+        )
+    if upserts:
+        stmt = insert_for(conn, counted_units)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[counted_units.c.phone_number_id, counted_units.c.unit_key],
+            set_={
+                c.name: stmt.excluded[c.name]
+                for c in counted_units.columns
+                if c.name not in ("phone_number_id", "unit_key")
+            },
+        )
+        rows = [_unit_row(phone_number_id, u) for u in sorted(upserts, key=lambda u: u.unit_key)]
+        conn.execute(stmt, rows)
+
+
+# --- whole-number reads, for recount ------------------------------------------------------------
+
+
+def known_numbers(conn: Connection) -> list[str]:
+    """Every phone_number_id with facts, units or a registration."""
+    query = union(
+        select(inbound_messages.c.phone_number_id),
+        select(message_statuses.c.phone_number_id),
+        select(counted_units.c.phone_number_id),
+        select(business_numbers.c.phone_number_id),
+    )
+    return sorted(str(p) for p in conn.execute(query).scalars())
+
+
+def all_inbound(conn: Connection, phone_number_id: str) -> list[tuple[str, int, str | None]]:
+    rows = conn.execute(
+        select(
+            inbound_messages.c.user_key, inbound_messages.c.ts, inbound_messages.c.country
+        ).where(inbound_messages.c.phone_number_id == phone_number_id)
+    )
+    return [(u, int(t), c) for u, t, c in rows]
+
+
+def all_statuses(conn: Connection, phone_number_id: str) -> list[StatusFact]:
+    rows = conn.execute(
+        select(*_STATUS_COLUMNS).where(message_statuses.c.phone_number_id == phone_number_id)
+    )
+    return [_status_fact(row) for row in rows]
+
+
+def all_units(conn: Connection, phone_number_id: str) -> dict[str, CountedUnit]:
+    rows = conn.execute(
+        select(*_UNIT_COLUMNS).where(counted_units.c.phone_number_id == phone_number_id)
+    )
+    return {row[0]: _unit(row) for row in rows}
+
+
+def replace_all_units(
+    conn: Connection, phone_number_id: str, units: Mapping[str, CountedUnit]
+) -> None:
+    conn.execute(delete(counted_units).where(counted_units.c.phone_number_id == phone_number_id))
+    if units:
+        conn.execute(
+            counted_units.insert(),
+            [_unit_row(phone_number_id, u) for _, u in sorted(units.items())],
+        )
+
+
+_ = (and_, bindparam)  # keep imports stable for future range queries

@@ -1,0 +1,205 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations create exactly this (a test checks).
+
+Two kinds of tables:
+
+* **Reference tables**, small and read everywhere: accounts, their tokens, the lockout state and
+  the registered business numbers. On a sharded deployment (Citus) they are replicated to every
+  node.
+* **Number tables**, everything derived from webhooks: facts, counted units and rollups. Each is
+  keyed by Meta's `phone_number_id` first, in its primary key and every unique key, so the same
+  schema distributes by that column (docs/deployment.md). Facts and units exist for numbers
+  nobody has registered yet; rollups exist only for registered numbers, in their account's zone.
+
+Customers never appear in clear: `user_key` columns hold keyed hashes (HMAC) of their phone number
+or business-scoped user id, and `country` the ISO region of their calling code.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+# Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Autoincrementing 64-bit ids on PostgreSQL; SQLite only autoincrements INTEGER PRIMARY KEY.
+Id64 = BigInteger().with_variant(Integer(), "sqlite")
+
+# --- reference tables -------------------------------------------------------------------------
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Id64, primary_key=True, autoincrement=True),
+    Column("client_id", String(64), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    # SHA-256 of the token: tokens are 256 random bits, so a fast hash is enough and a lookup by
+    # hash never needs the token in clear.
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index(None, "account_id"),
+    Index(None, "expires_at"),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("ip", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_start", BigInteger, nullable=False),
+    Column("locked_until", BigInteger, nullable=False, default=0),
+)
+
+business_numbers = Table(
+    "business_numbers",
+    metadata,
+    Column("phone_number_id", String(64), primary_key=True),
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("whatsapp", String(15), nullable=False, unique=True),
+    Column("waba_id", String(64)),
+    Column("display_name", String(200)),
+    Column("business_name", String(200)),
+    Column("coexistence", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "account_id"),
+)
+
+# --- number tables: rollups -------------------------------------------------------------------
+
+monthly_counts = Table(
+    "monthly_counts",
+    metadata,
+    Column(
+        "phone_number_id",
+        String(64),
+        ForeignKey("business_numbers.phone_number_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("month", Integer, nullable=False),  # YYYYMM in the account's time zone
+    Column("bucket", String(16), nullable=False),
+    Column("category", String(48), nullable=False),
+    Column("pricing_type", String(48), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    PrimaryKeyConstraint("phone_number_id", "month", "bucket", "category", "pricing_type"),
+)
+
+# --- number tables: the inbox and the facts ---------------------------------------------------
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", Id64, primary_key=True, autoincrement=True),
+    # SHA-256 of the raw body: Meta's retries and re-imports of the same file are the same body,
+    # stored once.
+    Column("body_sha256", String(64), nullable=False, unique=True),
+    Column("body", LargeBinary),  # NULL once older than WASTATS_RAW_RETENTION_DAYS
+    Column("source", String(16), nullable=False),  # webhook | import
+    Column("received_at", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | processed | rejected
+    Column("reason", Text),
+    Column("events", Integer, nullable=False, default=0),
+    Column("processed_at", BigInteger),
+    Index(None, "state"),
+    Index(None, "received_at"),
+)
+
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("phone_number_id", String(64), nullable=False),
+    Column("wamid", String(160), nullable=False),
+    Column("user_key", String(32), nullable=False),  # canonical customer (after identity links)
+    Column("wa_key", String(32)),  # hash of the phone number, if the message carried one
+    Column("bsuid_key", String(32)),  # hash of the business-scoped user id, if any
+    Column("ts", BigInteger, nullable=False),
+    Column("country", String(2)),
+    PrimaryKeyConstraint("phone_number_id", "wamid"),
+    Index(None, "phone_number_id", "user_key", "ts"),
+)
+
+message_statuses = Table(
+    "message_statuses",
+    metadata,
+    Column("phone_number_id", String(64), nullable=False),
+    # wamid, or wamid/participant-hash for group messages (one delivery per member)
+    Column("message_key", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("conversation_id", String(160)),
+    Column("conversation_origin", String(48)),
+    Column("expiration_ts", BigInteger),
+    Column("pricing_model", String(8)),
+    Column("pricing_type", String(48)),
+    Column("pricing_category", String(48)),
+    Column("billable", Boolean),
+    Column("user_key", String(32)),
+    Column("country", String(2)),
+    PrimaryKeyConstraint("phone_number_id", "message_key", "status", "ts"),
+    Index(None, "phone_number_id", "conversation_id"),
+)
+
+user_links = Table(
+    "user_links",
+    metadata,
+    Column("phone_number_id", String(64), nullable=False),
+    Column("bsuid_key", String(32), nullable=False),
+    Column("wa_key", String(32), nullable=False),
+    PrimaryKeyConstraint("phone_number_id", "bsuid_key"),
+)
+
+# --- number tables: counted units ---------------------------------------------------------------
+
+counted_units = Table(
+    "counted_units",
+    metadata,
+    Column("phone_number_id", String(64), nullable=False),
+    Column("unit_key", String(240), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("bucket", String(16), nullable=False),
+    Column("category", String(48), nullable=False),
+    Column("pricing_type", String(48), nullable=False),
+    Column("era", String(4)),
+    Column("user_key", String(32)),
+    Column("country", String(2)),
+    PrimaryKeyConstraint("phone_number_id", "unit_key"),
+    Index(None, "phone_number_id", "ts"),
+)
+
+# --- service state ----------------------------------------------------------------------------
+
+service_state = Table(
+    "service_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,26 @@
+"""Small SQL helpers shared by the repositories: dialect-specific upserts, chunked IN lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+T = TypeVar("T")
+
+# SQLite allows 32,766 bound parameters per statement (3.32+), PostgreSQL 65,535; stay far below.
+IN_CHUNK = 900
+
+
+def insert_for(conn: Connection, table: Table) -> Any:
+    """An INSERT that supports ON CONFLICT on both dialects (they share the method names)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,114 @@
+"""Test helpers that go through the real domain services and storage (no fakes)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fastapi.testclient import TestClient
+
+from wastats.counting.calendar import month_of
+from wastats.domain import accounts, numbers
+from wastats.domain.accounts import load_zone
+from wastats.settings import Settings
+from wastats.store import counts as counts_repo
+from wastats.store import numbers as numbers_repo
+from wastats.store.db import Database
+from wastats.store.schema import counted_units
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    client_id: str
+    client_secret: str
+    timezone: str
+
+
+def create_tenant(settings: Settings, name: str = "Shop", timezone: str = "UTC") -> Tenant:
+    db = Database(settings.database_url)
+    try:
+        with db.write() as conn:
+            creds = accounts.create_account(conn, name=name, timezone=timezone, now=1_735_689_600)
+    finally:
+        db.dispose()
+    return Tenant(creds.client_id, creds.client_secret, timezone)
+
+
+def add_number(
+    settings: Settings,
+    tenant: Tenant,
+    whatsapp: str,
+    phone_number_id: str | None = None,
+    **extra: object,
+) -> str:
+    """Register a number; returns its phone_number_id."""
+    pnid = phone_number_id or f"10{next(_ids):08d}"
+    db = Database(settings.database_url)
+    try:
+        with db.write() as conn:
+            numbers.add_number(
+                conn,
+                client_id=tenant.client_id,
+                whatsapp=whatsapp,
+                phone_number_id=pnid,
+                waba_id=extra.get("waba_id"),  # type: ignore[arg-type]
+                display_name=extra.get("display_name"),  # type: ignore[arg-type]
+                business_name=extra.get("business_name"),  # type: ignore[arg-type]
+                coexistence=bool(extra.get("coexistence", False)),
+                now=int(extra.get("now", 1_735_800_000)),  # type: ignore[call-overload]
+            )
+    finally:
+        db.dispose()
+    return pnid
+
+
+def seed_units(settings: Settings, phone_number_id: str, units: Iterable[tuple[int, str]]) -> None:
+    """Write counted units (UTC time, bucket) for a number through the storage layer, with
+    their rollups in the number's account zone, as the counting pipeline would."""
+    db = Database(settings.database_url)
+    try:
+        with db.write() as conn:
+            zone = load_zone(numbers_repo.zones_of(conn, [phone_number_id])[phone_number_id])
+            rows = []
+            deltas: Counter[counts_repo.RollupKey] = Counter()
+            for ts, bucket in units:
+                category = "incoming" if bucket == "incoming" else bucket
+                rows.append(
+                    {
+                        "phone_number_id": phone_number_id,
+                        "unit_key": f"T:{next(_ids)}",
+                        "kind": "test",
+                        "ts": ts,
+                        "bucket": bucket,
+                        "category": category,
+                        "pricing_type": "regular",
+                        "era": None,
+                        "user_key": None,
+                        "country": None,
+                    }
+                )
+                deltas[(phone_number_id, month_of(ts, zone), bucket, category, "regular")] += 1
+            if rows:
+                conn.execute(counted_units.insert(), rows)
+            counts_repo.apply_deltas(conn, deltas)
+    finally:
+        db.dispose()
+
+
+def get_token(client: TestClient, tenant: Tenant, ip: str | None = None) -> str:
+    headers = {"X-Forwarded-For": ip} if ip else {}
+    answer = client.post(
+        "/api/settings/accessToken",
+        json={"client_id": tenant.client_id, "client_secret": tenant.client_secret},
+        headers=headers,
+    ).json()
+    assert answer["status"] == "OK", answer
+    return str(answer["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

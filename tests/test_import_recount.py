@@ -1,0 +1,154 @@
+"""`wastats import`, `wastats recount` and `wastats events` through the real CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from conftest import FIXTURES, SECRET_KEY
+from wastats.cli import app
+from wastats.store.db import Database
+from webhooks import PHONE_NUMBER_ID, at, envelope, inbound, status
+
+runner = CliRunner()
+
+
+def run(url: str, *args: str) -> tuple[int, str, str]:
+    env = {"WASTATS_DATABASE_URL": url, "WASTATS_SECRET_KEY": SECRET_KEY}
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def write_history(path: Path) -> None:
+    lines = []
+    for day in range(1, 29):
+        t = at(f"2025-02-{day:02d} 10:00")
+        lines.append(envelope(inbound("972501111111", t), inbound("972502222222", t + 60)))
+        lines.append(
+            envelope(
+                status(
+                    f"wamid.{day}",
+                    "sent",
+                    t,
+                    pricing=("CBP", "marketing", None),
+                    conversation=(f"conv{day}", "marketing", t + 86400),
+                    billable=True,
+                ),
+                status(f"wamid.{day}", "delivered", t + 5, conversation=(f"conv{day}", None, None)),
+            )  # fmt: skip
+        )
+    text_ = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text_.encode()))
+    else:
+        path.write_text(text_)
+
+
+def stats(url: str, client_id: str) -> list[tuple[object, ...]]:
+    db = Database(url)
+    try:
+        with db.read() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    text("SELECT month, bucket, units FROM monthly_counts ORDER BY 1, 2")
+                )
+            ]
+    finally:
+        db.dispose()
+
+
+def test_import_is_idempotent_and_recount_finds_no_difference(
+    database_url: str, tmp_path: Path
+) -> None:
+    code, out, err = run(database_url, "accounts", "create", "--name", "A", "--json")
+    client_id = json.loads(out)["client_id"]
+    code, _, err = run(
+        database_url, "numbers", "add", "--account", client_id, "--whatsapp", "15550783881",
+        "--phone-number-id", PHONE_NUMBER_ID,
+    )  # fmt: skip
+    assert code == 0, err
+    plain, packed = tmp_path / "history.jsonl", tmp_path / "more.jsonl.gz"
+    write_history(plain)
+    write_history(packed)  # the same bodies, compressed: all duplicates
+
+    code, out, err = run(database_url, "import", str(plain), str(packed))
+    assert code == 0, err
+    assert "Read 112 bodies: 56 new, 56 already stored" in out
+    assert "counted 56 status updates and 56 incoming messages" in out
+    first = stats(database_url, client_id)
+    assert first == [(202502, "incoming", 56), (202502, "marketing", 28)]
+
+    code, out, _ = run(database_url, "import", str(plain))
+    assert "0 new, 56 already stored" in out
+    assert stats(database_url, client_id) == first
+
+    code, out, _ = run(database_url, "recount")
+    assert code == 0
+    assert "No difference: 1 numbers recounted." in out
+
+
+def test_recount_repairs_and_reports_a_tampered_rollup(database_url: str, tmp_path: Path) -> None:
+    code, out, _ = run(database_url, "accounts", "create", "--name", "A", "--json")
+    client_id = json.loads(out)["client_id"]
+    run(database_url, "numbers", "add", "--account", client_id, "--whatsapp", "15550783881",
+        "--phone-number-id", PHONE_NUMBER_ID)  # fmt: skip
+    history = tmp_path / "h.jsonl"
+    write_history(history)
+    run(database_url, "import", str(history))
+    db = Database(database_url)
+    try:
+        with db.write() as conn:
+            conn.execute(
+                text("UPDATE monthly_counts SET units = units + 5 WHERE bucket = 'marketing'")
+            )
+            conn.execute(text("DELETE FROM counted_units WHERE unit_key LIKE 'C:conv1%'"))
+    finally:
+        db.dispose()
+    code, out, _ = run(database_url, "recount", "--dry-run", "--account", client_id)
+    assert code == 1
+    assert "Differences found on 1 of 1 numbers." in out
+    code, out, _ = run(database_url, "recount")
+    assert code == 1
+    assert "found and repaired" in out
+    assert stats(database_url, client_id) == [(202502, "incoming", 56), (202502, "marketing", 28)]
+    code, out, _ = run(database_url, "recount")
+    assert code == 0
+
+
+def test_events_rejected_and_replay(database_url: str, tmp_path: Path) -> None:
+    history = tmp_path / "mixed.jsonl"
+    fixture = (FIXTURES / "meta-docs__analytics-messaging-response.json").read_bytes()
+    history.write_bytes(
+        json.dumps(envelope(inbound("972501111111", at("2025-02-01 10:00")))).encode()
+        + b"\n{truncated json\n"
+        + json.dumps(json.loads(fixture)).encode()
+        + b"\n"
+    )
+    code, out, err = run(database_url, "import", str(history))
+    assert code == 0, err
+    assert "2 bodies rejected" in out
+    code, out, _ = run(database_url, "events", "rejected", "--json")
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert len(listed) == 2
+    assert all(item["reason"] for item in listed)
+    assert any("JSON" in item["reason"] for item in listed)
+    code, out, _ = run(database_url, "events", "replay")
+    assert code == 0
+    assert "Replayed 2 bodies: 0 now understood, 2 still rejected." in out
+
+
+def test_import_needs_no_signature_but_a_secret_key_on_postgres(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    write_history(history)
+    result = runner.invoke(
+        app,
+        ["import", str(history)],
+        env={"WASTATS_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"},
+    )
+    assert result.exit_code == 1
+    assert "WASTATS_SECRET_KEY must be set for PostgreSQL" in result.stderr

@@ -1,0 +1,207 @@
+"""Property tests of the whole ingestion path on a real database.
+
+Generated streams of inbound messages and statuses (several customers, messages, conversations,
+both pricing eras, times clustered at month ends, 24-hour edges and the PMP switch) are packed
+into webhook bodies, shuffled, duplicated, split into arbitrary batches and run through the real
+parser, pipeline and storage. The monthly counts must equal those of the independent reference
+implementation of the rules over the *set* of events, and a full recount must find nothing to
+repair. The number is registered before, during or after ingestion (spec: nothing dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SECRET_KEY, drop_postgres_database, make_settings, new_postgres_database
+from helpers import add_number, create_tenant
+from pgcluster import PostgresCluster
+from reference_counting import reference_monthly_counts
+from wastats.ingest.identity import CustomerHasher
+from wastats.ingest.pipeline import Pipeline
+from wastats.ingest.recount import recount_number
+from wastats.store import counts as counts_repo
+from wastats.store import inbox as inbox_repo
+from wastats.store import numbers as numbers_repo
+from wastats.store.db import Database
+from webhooks import PHONE_NUMBER_ID, at, envelope
+
+PMP_START = at("2025-07-01 00:00")
+DAY = 86400
+BASES = [PMP_START - 3 * DAY, PMP_START - 3600, PMP_START, at("2025-01-31 22:00"),
+         at("2025-08-31 23:00")]  # fmt: skip
+OFFSETS = [0, 1, 59, 3600, DAY - 1, DAY, DAY + 1, 2 * DAY, 7200 + DAY]
+
+times = st.builds(lambda b, o: b + o, st.sampled_from(BASES), st.sampled_from(OFFSETS))
+users = st.sampled_from(["972501111111", "972502222222", "14155550100"])
+categories = st.sampled_from(["marketing", "utility", "authentication", "service",
+                              "marketing_lite", "referral_conversion", "business_initiated",
+                              "user_initiated", "group_marketing", "ai_bot"])  # fmt: skip
+pricing = st.one_of(
+    st.none(),
+    st.tuples(
+        st.sampled_from(["PMP", "CBP", None]),
+        categories,
+        st.sampled_from(["regular", "free_customer_service", "free_entry_point", None]),
+        st.sampled_from([True, False, None]),
+    ),
+)
+conversation = st.one_of(
+    st.none(),
+    st.tuples(
+        st.sampled_from(["c1", "c2", "c3"]),
+        st.one_of(st.none(), categories),
+        st.one_of(st.none(), times),
+    ),  # fmt: skip
+)
+inbound_event = st.tuples(st.just("in"), users, times)
+status_event = st.tuples(
+    st.just("st"),
+    st.sampled_from(["m1", "m2", "m3", "m4", "m5"]),
+    st.sampled_from(["sent", "delivered", "read", "failed"]),
+    times,
+    conversation,
+    pricing,
+    users,
+)
+event_lists = st.lists(st.one_of(inbound_event, status_event), min_size=1, max_size=25)
+
+
+def to_value(event: tuple[Any, ...]) -> dict[str, Any]:
+    metadata = {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID}
+    if event[0] == "in":
+        _, user, ts = event
+        message = {"from": user, "id": f"wamid.in.{user}.{ts}", "timestamp": str(ts),
+                   "type": "text", "text": {"body": "hi"}}  # fmt: skip
+        contacts = [{"wa_id": user, "profile": {"name": "x"}}]
+        return {"messaging_product": "whatsapp", "metadata": metadata,
+                "contacts": contacts, "messages": [message]}  # fmt: skip
+    _, wamid, state, ts, conv, price, user = event
+    entry: dict[str, Any] = {
+        "id": wamid,
+        "status": state,
+        "timestamp": str(ts),
+        "recipient_id": user,
+    }
+    if conv is not None:
+        entry["conversation"] = {"id": conv[0]}
+        if conv[1] is not None:
+            entry["conversation"]["origin"] = {"type": conv[1]}
+        if conv[2] is not None:
+            entry["conversation"]["expiration_timestamp"] = str(conv[2])
+    if price is not None:
+        model, category, type_, billable = price
+        entry["pricing"] = {"category": category}
+        if model is not None:
+            entry["pricing"]["pricing_model"] = model
+        if type_ is not None:
+            entry["pricing"]["type"] = type_
+        if billable is not None:
+            entry["pricing"]["billable"] = billable
+    return {"messaging_product": "whatsapp", "metadata": metadata, "statuses": [entry]}
+
+
+def to_reference(events: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
+    inbound = [(e[1], e[2]) for e in events if e[0] == "in"]
+    statuses = []
+    for _, wamid, state, ts, conv, price, user in (e for e in events if e[0] == "st"):
+        c_id, origin, expiration = conv if conv else (None, None, None)
+        model, category, type_, billable = price if price else (None, None, None, None)
+        statuses.append((wamid, state, ts, c_id, origin, expiration, model, type_, category,
+                         billable, user))  # fmt: skip
+    return inbound, statuses
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[list[bytes]], int]:
+    """(events, batches of raw bodies, when to register: 0 before, 1 midway, 2 after)."""
+    events = draw(event_lists)
+    copies = list(events) + draw(st.lists(st.sampled_from(events), max_size=6))  # duplicates
+    order = draw(st.permutations(range(len(copies))))
+    raws: list[bytes] = []
+    i = 0
+    while i < len(order):
+        size = draw(st.integers(1, 4))  # several changes per body, as Meta batches them
+        values = [to_value(copies[j]) for j in order[i : i + size]]
+        # Vary the encoding so a duplicated event is a different body, not an inbox duplicate.
+        raws.append(json.dumps(envelope(*values), indent=draw(st.sampled_from([None, 1]))).encode())
+        i += size
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(raws) - 1)), max_size=3))))
+    batches = [raws[a:b] for a, b in zip([0, *cuts], [*cuts, len(raws)], strict=True) if raws[a:b]]
+    return events, batches, draw(st.integers(0, 2))
+
+
+def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int]) -> None:
+    events, batches, register_at = case
+    config = make_settings(url)
+    tenant = create_tenant(config, "Prop", "Asia/Jerusalem")
+    pipeline = Pipeline(CustomerHasher(SECRET_KEY.encode()))
+    db = Database(url, pool_size=1)
+    try:
+        if register_at == 0:
+            add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
+        for index, batch in enumerate(batches):
+            if register_at == 1 and index == len(batches) // 2:
+                add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
+            with db.write() as conn:
+                new = inbox_repo.insert_bodies(
+                    conn,
+                    [
+                        inbox_repo.NewBody(hashlib.sha256(r).hexdigest(), r, "import", 0)
+                        for r in batch
+                    ],
+                )
+                by_sha = {hashlib.sha256(r).hexdigest(): r for r in batch}
+                pipeline.process(conn, [(i, by_sha[s]) for s, i in new.items()], 0)
+        if register_at == 2:
+            add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
+
+        inbound, statuses = to_reference(events)
+        expected = reference_monthly_counts(inbound, statuses, ZoneInfo("Asia/Jerusalem"))
+        with db.read() as conn:
+            account_id = numbers_repo.get_number(conn, PHONE_NUMBER_ID).account_id  # type: ignore[union-attr]
+            totals = counts_repo.monthly_bucket_totals(
+                conn, account_id=account_id, phone_number_id=None, first_month=None, last_month=None
+            )
+        got = {(m, b): n for m, buckets in totals.items() for b, n in buckets.items() if n}
+        assert got == {k: v for k, v in expected.items() if v}
+        with db.write() as conn:
+            assert not recount_number(conn, PHONE_NUMBER_ID, repair=False).differs
+    finally:
+        db.dispose()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=deliveries())
+def test_any_order_duplication_and_batching_give_the_reference_counts_sqlite(
+    sqlite_template: Path, case: Any
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="wastats-prop-"))
+    try:
+        target = directory / "wastats.db"
+        shutil.copyfile(sqlite_template, target)
+        run_case(f"sqlite:///{target}", case)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.postgres
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=deliveries())
+def test_any_order_duplication_and_batching_give_the_reference_counts_postgresql(
+    pg_cluster: PostgresCluster, case: Any
+) -> None:
+    name = new_postgres_database(pg_cluster)
+    try:
+        run_case(pg_cluster.url(name), case)
+    finally:
+        drop_postgres_database(pg_cluster, name)
