@@ -21,25 +21,27 @@ from wastats.store.schema import (
     message_statuses,
     user_links,
 )
-from wastats.store.sql import chunks, insert_for
+from wastats.store.sql import chunks, insert_for, insert_ignore_sql
 
 InboundRow = dict[str, Any]
 StatusRow = dict[str, Any]
 
+INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
+STATUS_COLUMNS = ("phone_number_id", "message_key", "status", "ts", "conversation_id",
+                  "conversation_origin", "expiration_ts", "pricing_model", "pricing_type",
+                  "pricing_category", "billable", "user_key", "country")  # fmt: skip
+
 
 def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
     if rows:
-        stmt = insert_for(conn, inbound_messages).on_conflict_do_nothing(
-            index_elements=[inbound_messages.c.phone_number_id, inbound_messages.c.wamid]
-        )
-        conn.execute(stmt, rows)
+        sql = insert_ignore_sql(conn, inbound_messages, INBOUND_COLUMNS)
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in INBOUND_COLUMNS) for r in rows])
 
 
 def insert_statuses(conn: Connection, rows: Sequence[StatusRow]) -> None:
     if rows:
-        key = message_statuses.primary_key.columns
-        stmt = insert_for(conn, message_statuses).on_conflict_do_nothing(index_elements=list(key))
-        conn.execute(stmt, rows)
+        sql = insert_ignore_sql(conn, message_statuses, STATUS_COLUMNS)
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in STATUS_COLUMNS) for r in rows])
 
 
 # --- identity links ---------------------------------------------------------------------------
@@ -247,13 +249,12 @@ def session_units_of(
 ) -> dict[str, CountedUnit]:
     """Every incoming-session unit of these customers (keys `I:<user_key>:<start>`)."""
     found: dict[str, CountedUnit] = {}
-    for user_key in sorted(set(user_keys)):
-        # ';' sorts right after ':', so this is a prefix scan of the primary key.
+    for part in chunks(sorted(set(user_keys))):
         rows = conn.execute(
             select(*_UNIT_COLUMNS).where(
                 counted_units.c.phone_number_id == phone_number_id,
-                counted_units.c.unit_key >= f"I:{user_key}:",
-                counted_units.c.unit_key < f"I:{user_key};",
+                counted_units.c.user_key.in_(part),
+                counted_units.c.kind == UnitKind.INCOMING_SESSION.value,
             )
         )
         found.update((row[0], _unit(row)) for row in rows)

@@ -193,6 +193,8 @@ counted_units = Table(
     Column("country", String(2)),
     PrimaryKeyConstraint("phone_number_id", "unit_key"),
     Index(None, "phone_number_id", "ts"),
+    # Recomputing a customer's sessions, and unique-customer breakdowns, look units up by customer.
+    Index(None, "phone_number_id", "user_key"),
 )
 
 # --- service state ----------------------------------------------------------------------------

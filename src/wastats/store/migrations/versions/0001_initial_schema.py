@@ -54,6 +54,11 @@ def upgrade() -> None:
             ["phone_number_id", "ts"],
             unique=False,
         )
+        batch_op.create_index(
+            batch_op.f("ix_counted_units_phone_number_id_user_key"),
+            ["phone_number_id", "user_key"],
+            unique=False,
+        )
 
     op.create_table(
         "inbound_messages",
@@ -248,6 +253,7 @@ def downgrade() -> None:
 
     op.drop_table("inbound_messages")
     with op.batch_alter_table("counted_units", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_user_key"))
         batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_ts"))
 
     op.drop_table("counted_units")
