@@ -23,6 +23,12 @@ def test_secrets_are_hidden_in_reprs() -> None:
 
 def test_readme_links_exist() -> None:
     readme = (ROOT / "README.md").read_text()
-    for target in ("docs/configuration.md", "docs/api.md", "docs/development.md"):
+    for target in (
+        "docs/configuration.md",
+        "docs/api.md",
+        "docs/development.md",
+        "docs/counting.md",
+        "docs/benchmarks.md",
+    ):
         assert target in readme
         assert (ROOT / target).exists(), target

@@ -408,6 +408,22 @@ def test_fixture_fast_and_slow_paths_agree(name: str) -> None:
     assert parse_webhook(raw) == _parse_slow(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"entry": null, "value": {}}',
+        b'{"value": {}}',
+        b'{"object": null, "field": null, "value": {"metadata": {"phone_number_id": "P"}}}',
+        b'{"entry": [], "field": "messages", "value": {}}',
+        b'{"field": "history", "value": {"statuses": []}}',
+    ],
+)
+def test_fast_and_slow_paths_agree_on_odd_shapes(raw: bytes) -> None:
+    # Regressions found by the fuzz tests: the slow path must read exactly what the fast one
+    # reads, or a body's result would depend on an unrelated type error elsewhere in it.
+    assert parse_webhook(raw) == _parse_slow(raw)
+
+
 # --- Builders for targeted tests ------------------------------------------------------------
 
 

@@ -51,7 +51,8 @@ would only fail later, far from the body that carried it."""
 # --- Models ---------------------------------------------------------------------------------
 # Everything is optional so that a missing field never fails the fast decode; whether a field
 # is required is decided (and reported) by `_Emitter`. Lists hold `X | None` so that a JSON
-# null element is reported at its index instead of failing the whole body.
+# null element is reported at its index instead of failing the whole body. `gc=False`: decoded
+# trees cannot form reference cycles, and skipping GC tracking makes the decode ~10% faster.
 
 
 class _Origin(msgspec.Struct, gc=False):

@@ -1,0 +1,106 @@
+"""Realistic webhook history for benchmarks: deterministic, any size.
+
+Each body carries `per_body` status updates (Meta batches up to 1,000 per POST) for outbound
+template messages: `sent` with PMP pricing, then `delivered`, then `read` for most of them, to
+`customers` distinct customers of `numbers` business numbers, over `months` months. A tenth of
+the bodies also carry inbound messages. Timestamps move forward with jitter, so late and early
+statuses interleave as they do in real traffic.
+
+    python bench/generate.py --statuses 1000000 --out history.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+START = 1_751_328_000  # 2025-07-01T00:00:00Z
+CATEGORIES = ["marketing"] * 6 + ["utility"] * 3 + ["authentication"]
+
+
+def phone_number_id(index: int) -> str:
+    return f"1{index:014d}"
+
+
+def bodies(
+    statuses: int,
+    *,
+    per_body: int = 100,
+    numbers: int = 10,
+    customers: int = 50_000,
+    months: int = 12,
+    seed: int = 7,
+) -> Iterator[dict[str, Any]]:
+    rng = random.Random(seed)
+    span = months * 30 * 86400
+    produced = 0
+    message = 0
+    while produced < statuses:
+        number = rng.randrange(numbers)
+        items: list[dict[str, Any]] = []
+        inbound: list[dict[str, Any]] = []
+        while len(items) < per_body and produced + len(items) < statuses:
+            message += 1
+            customer = f"9725{rng.randrange(customers):08d}"
+            sent = START + int(span * produced / max(statuses, 1)) + rng.randrange(3600)
+            category = rng.choice(CATEGORIES)
+            kind = "regular" if rng.random() < 0.9 else "free_customer_service"
+            wamid = f"wamid.HBgL{message:012d}{number:04d}"
+            pricing = {"billable": kind == "regular", "pricing_model": "PMP",
+                       "type": kind, "category": category}  # fmt: skip
+            steps = [("sent", sent, True), ("delivered", sent + rng.randrange(1, 30), False)]
+            if rng.random() < 0.7:
+                steps.append(("read", sent + rng.randrange(30, 7200), False))
+            for status, ts, with_pricing in steps:
+                entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(ts),
+                                         "recipient_id": customer}  # fmt: skip
+                if with_pricing or status == "delivered":
+                    entry["pricing"] = pricing
+                items.append(entry)
+            if rng.random() < 0.1:
+                inbound.append({"from": customer, "id": f"wamid.in{message:012d}",
+                                "timestamp": str(sent + 60), "type": "text",
+                                "text": {"body": "thanks"}})  # fmt: skip
+        produced += len(items)
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": f"97230000{number:04d}",
+                "phone_number_id": phone_number_id(number),
+            },  # fmt: skip
+            "statuses": items,
+        }
+        if inbound:
+            value["messages"] = inbound
+            value["contacts"] = [{"wa_id": m["from"], "profile": {"name": "C"}} for m in inbound]
+        yield {"object": "whatsapp_business_account",
+               "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
+                                                                "value": value}]}]}  # fmt: skip
+
+
+def write(path: Path, statuses: int, **options: Any) -> int:
+    count = 0
+    with path.open("w") as out:
+        for body in bodies(statuses, **options):
+            out.write(json.dumps(body, separators=(",", ":")) + "\n")
+            count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--statuses", type=int, default=100_000)
+    parser.add_argument("--per-body", type=int, default=100)
+    parser.add_argument("--numbers", type=int, default=10)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    n = write(args.out, args.statuses, per_body=args.per_body, numbers=args.numbers)
+    print(f"wrote {n} bodies with {args.statuses} status updates to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
