@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, union, update
+from sqlalchemy import Connection, delete, select, union, update
 
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
 from wastats.store.schema import (
@@ -32,16 +33,40 @@ STATUS_COLUMNS = ("phone_number_id", "message_key", "status", "ts", "conversatio
                   "pricing_category", "billable", "user_key", "country")  # fmt: skip
 
 
+_inbound_values = itemgetter(*INBOUND_COLUMNS)
+
+
 def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
+    """Insert inbound-message facts; rows are dicts with at least INBOUND_COLUMNS."""
     if rows:
         sql = insert_ignore_sql(conn, inbound_messages, INBOUND_COLUMNS)
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in INBOUND_COLUMNS) for r in rows])
+        conn.exec_driver_sql(sql, [_inbound_values(r) for r in rows])
 
 
-def insert_statuses(conn: Connection, rows: Sequence[StatusRow]) -> None:
-    if rows:
+def insert_statuses(conn: Connection, phone_number_id: str, facts: Sequence[StatusFact]) -> None:
+    if facts:
         sql = insert_ignore_sql(conn, message_statuses, STATUS_COLUMNS)
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in STATUS_COLUMNS) for r in rows])
+        conn.exec_driver_sql(
+            sql,
+            [
+                (
+                    phone_number_id,
+                    f.message_key,
+                    f.status,
+                    f.timestamp,
+                    f.conversation_id,
+                    f.conversation_origin,
+                    f.expiration_timestamp,
+                    f.pricing_model,
+                    f.pricing_type,
+                    f.pricing_category,
+                    f.billable,
+                    f.user_key,
+                    f.country,
+                )  # fmt: skip
+                for f in facts
+            ],
+        )
 
 
 # --- identity links ---------------------------------------------------------------------------
@@ -111,22 +136,26 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
 # --- reading facts back -------------------------------------------------------------------------
 
 
-def inbound_times(
+def inbound_facts(
     conn: Connection, phone_number_id: str, user_keys: Iterable[str]
-) -> dict[str, list[tuple[int, str | None]]]:
-    """{user_key: [(timestamp, country)]} of every stored inbound message of these customers."""
-    result: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
+) -> dict[str, dict[str, tuple[int, str | None]]]:
+    """{user_key: {wamid: (timestamp, country)}} of the stored inbound messages of these
+    customers."""
+    result: dict[str, dict[str, tuple[int, str | None]]] = {}
     for part in chunks(sorted(set(user_keys))):
         rows = conn.execute(
             select(
-                inbound_messages.c.user_key, inbound_messages.c.ts, inbound_messages.c.country
+                inbound_messages.c.user_key,
+                inbound_messages.c.wamid,
+                inbound_messages.c.ts,
+                inbound_messages.c.country,
             ).where(
                 inbound_messages.c.phone_number_id == phone_number_id,
                 inbound_messages.c.user_key.in_(part),
             )
         )
-        for user_key, ts, country in rows:
-            result[user_key].append((int(ts), country))
+        for user_key, wamid, ts, country in rows:
+            result.setdefault(user_key, {})[wamid] = (int(ts), country)
     return result
 
 
@@ -192,6 +221,8 @@ def messages_in_conversations(
             .where(
                 message_statuses.c.phone_number_id == phone_number_id,
                 message_statuses.c.conversation_id.in_(part),
+                # Spelled out so the planner can use the partial index on conversation_id.
+                message_statuses.c.conversation_id.is_not(None),
             )
             .distinct()
         )
@@ -261,6 +292,10 @@ def session_units_of(
     return found
 
 
+_UNIT_FIELDS = ("phone_number_id", "unit_key", "kind", "ts", "bucket", "category",
+                "pricing_type", "era", "user_key", "country")  # fmt: skip
+
+
 def _unit_row(phone_number_id: str, unit: CountedUnit) -> dict[str, Any]:
     return {
         "phone_number_id": phone_number_id,
@@ -290,17 +325,32 @@ def write_units(
             )
         )
     if upserts:
-        stmt = insert_for(conn, counted_units)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[counted_units.c.phone_number_id, counted_units.c.unit_key],
-            set_={
-                c.name: stmt.excluded[c.name]
-                for c in counted_units.columns
-                if c.name not in ("phone_number_id", "unit_key")
-            },
+        # Driver-level executemany, for the same reason as the fact inserts (hot path).
+        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _UNIT_FIELDS[2:])
+        sql = (
+            f"INSERT INTO counted_units ({', '.join(_UNIT_FIELDS)}) "
+            f"VALUES ({', '.join([mark] * len(_UNIT_FIELDS))}) "
+            f"ON CONFLICT (phone_number_id, unit_key) DO UPDATE SET {updates}"
         )
-        rows = [_unit_row(phone_number_id, u) for u in sorted(upserts, key=lambda u: u.unit_key)]
-        conn.execute(stmt, rows)
+        conn.exec_driver_sql(
+            sql,
+            [
+                (
+                    phone_number_id,
+                    u.unit_key,
+                    u.kind.value,
+                    u.timestamp,
+                    u.bucket.value,
+                    u.category,
+                    u.pricing_type,
+                    u.era.value if u.era else None,
+                    u.user_key,
+                    u.country,
+                )  # fmt: skip
+                for u in sorted(upserts, key=lambda u: u.unit_key)
+            ],
+        )
 
 
 # --- whole-number reads, for recount ------------------------------------------------------------
@@ -349,6 +399,3 @@ def replace_all_units(
             counted_units.insert(),
             [_unit_row(phone_number_id, u) for _, u in sorted(units.items())],
         )
-
-
-_ = (and_, bindparam)  # keep imports stable for future range queries

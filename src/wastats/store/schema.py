@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 # Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
@@ -164,7 +165,15 @@ message_statuses = Table(
     Column("user_key", String(32)),
     Column("country", String(2)),
     PrimaryKeyConstraint("phone_number_id", "message_key", "status", "ts"),
-    Index(None, "phone_number_id", "conversation_id"),
+    # Only CBP-era rows (and v23 per-message ids) carry a conversation id; since API v24 most
+    # statuses have none, and a partial index spares the hot path from indexing NULLs.
+    Index(
+        None,
+        "phone_number_id",
+        "conversation_id",
+        sqlite_where=text("conversation_id IS NOT NULL"),
+        postgresql_where=text("conversation_id IS NOT NULL"),
+    ),
 )
 
 user_links = Table(

@@ -133,6 +133,8 @@ def upgrade() -> None:
             batch_op.f("ix_message_statuses_phone_number_id_conversation_id"),
             ["phone_number_id", "conversation_id"],
             unique=False,
+            sqlite_where=sa.text("conversation_id IS NOT NULL"),
+            postgresql_where=sa.text("conversation_id IS NOT NULL"),
         )
 
     op.create_table(
