@@ -17,7 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from wastats import __version__
-from wastats.api import health, partners
+from wastats.api import health, partners, v1
+from wastats.api.dashboard import install_dashboard
+from wastats.api.observability import install_observability
 from wastats.api.context import AppContext
 from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.webhooks import whatsapp_webhook
@@ -64,8 +66,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.state.ctx = ctx
     app.include_router(health.router)
     app.include_router(partners.router)
+    app.include_router(v1.router)
+    install_dashboard(app)
     app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
     _install_error_handlers(app)
+    install_observability(app, ctx)
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_body_bytes,

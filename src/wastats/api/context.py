@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+SESSION_COOKIE = "wastats_session"
+"""The dashboard's session cookie: an access token (stored hashed, like any other), HttpOnly,
+SameSite=Strict. /v1 accepts it in place of an Authorization header."""
+
 
 @dataclass
 class AppContext:
