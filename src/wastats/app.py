@@ -19,7 +19,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from wastats import __version__
 from wastats.api import health, partners, v1
 from wastats.api.dashboard import install_dashboard
-from wastats.api.observability import install_observability
+from wastats.api.observability import (
+    count_database_error,
+    install_observability,
+    request_id_of,
+)
 from wastats.api.context import AppContext
 from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.webhooks import whatsapp_webhook
@@ -102,7 +106,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such path: {request.url.path}"
-        return _problem(exc.status_code, detail.split(":")[0].title(), detail)
+        response = _problem(exc.status_code, detail.split(":")[0].title(), detail)
+        # Keep what the exception says about the protocol, e.g. `Allow` on a 405.
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,11 +119,23 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        count_database_error(request)
         log.error("database error on %s: %s", request.url.path, exc.orig)
         return _problem(503, "Service Unavailable", "the database is unavailable; retry later")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged in full for the operator; the client gets no stack trace.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _problem(500, "Internal Server Error", "unexpected error; it has been logged")
+        # Logged in full for the operator; the client gets no stack trace, but the request id
+        # to quote. Starlette runs this handler outside the request-id middleware, so the id
+        # is passed and the header added here.
+        request_id = request_id_of(request)
+        log.exception(
+            "unexpected error on %s %s",
+            request.method,
+            request.url.path,
+            extra={"request_id": request_id},
+        )
+        response = _problem(500, "Internal Server Error", "unexpected error; it has been logged")
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        return response

@@ -1,7 +1,326 @@
-"""The modern statistics API (docs/api-v1.md): being built."""
+"""The modern statistics API (docs/api-v1.md): real HTTP status codes, RFC 9457 problems, CSV."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import csv
+import io
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from wastats.api.context import SESSION_COOKIE, AppContext, context_of
+from wastats.domain import auth, reporting
+from wastats.store import numbers as numbers_repo
+from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/v1", tags=["statistics (v1)"])
+
+PROBLEM = "application/problem+json"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def unauthorized() -> JSONResponse:
+    return problem(
+        401,
+        "Unauthorized",
+        "a valid bearer token is required: get one from POST /api/settings/accessToken",
+        headers={"WWW-Authenticate": 'Bearer realm="wastats"'},
+    )
+
+
+async def current_account(request: Request) -> AccountRow | None:
+    """The account of the bearer token, or of the dashboard's session cookie."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+    else:
+        token = request.cookies.get(SESSION_COOKIE, "")
+    token = token.strip()
+    if not token:
+        return None
+    ctx = context_of(request)
+    return await ctx.run(_authenticate, ctx, token)
+
+
+def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
+    with ctx.db.read() as conn:
+        return auth.authenticate(conn, token, ctx.now())
+
+
+# --- schemas (for the OpenAPI document) -------------------------------------------------------
+
+
+class UniqueCustomers(BaseModel):
+    marketing: int
+    service: int
+    incoming: int
+    total: int
+
+
+class CountsModel(BaseModel):
+    marketing: int = Field(examples=[10])
+    service: int = Field(examples=[1])
+    incoming: int = Field(examples=[25])
+    total: int = Field(description="marketing + service + incoming", examples=[36])
+    uncounted: int = Field(description="units in none of the three buckets", examples=[4])
+    unique_customers: UniqueCustomers | None = Field(default=None, description="with unique=true")
+
+
+class Row(CountsModel):
+    period: str = Field(examples=["2025-01"])
+    start: str = Field(examples=["2025-01-01T00:00:00+02:00"])
+    end: str = Field(examples=["2025-02-01T00:00:00+02:00"])
+    final: bool = Field(description="the period ended at least 48 hours ago")
+    number: str | None = Field(default=None, description="with group_by=number")
+    country: str | None = Field(default=None, description="with group_by=country")
+    category: str | None = Field(default=None, description="with group_by=category")
+    pricing: str | None = Field(default=None, description="with group_by=category")
+
+
+class StatsAnswer(BaseModel):
+    tz: str = Field(examples=["Asia/Jerusalem"])
+    from_: str = Field(alias="from", examples=["2025-01-01"])
+    to: str = Field(examples=["2025-02-28"])
+    granularity: str = Field(examples=["month"])
+    group_by: list[str] = Field(examples=[["number"]])
+    numbers: list[str] = Field(examples=[["972501234567"]])
+    as_of: str | None = Field(examples=["2025-02-28T21:59:58Z"])
+    rules_version: int = Field(examples=[1])
+    totals: CountsModel
+    rows: list[Row]
+
+
+class ProblemModel(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+class NumberModel(BaseModel):
+    whatsapp: str
+    phone_number_id: str
+    waba_id: str | None
+    display_name: str | None
+    business_name: str | None
+    coexistence: bool
+    created_at: int
+
+
+class NumbersAnswer(BaseModel):
+    numbers: list[NumberModel]
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM: {"schema": ProblemModel.model_json_schema()}},
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _problem_response("missing, unknown or expired token"),
+    422: _problem_response("an invalid parameter (named in `errors`)"),
+}
+
+# Documented in the schema but checked by the handler, so a bad value gets wastats' own
+# one-line message and problem format rather than a generic validation error.
+_DATE = {"pattern": r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$"}
+
+
+# --- GET /v1/stats ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/stats",
+    response_model=StatsAnswer,
+    responses={
+        **_ERRORS,
+        200: {"content": {"text/csv": {"example": "period,start,end,final,marketing,...\n"}}},
+    },
+    summary="Counts by period, number, category and country, in any time zone",
+)
+async def stats(
+    request: Request,
+    from_: Annotated[
+        str | None,
+        Query(
+            alias="from",
+            description="First day, inclusive: YYYY-MM or YYYY-MM-DD",
+            examples=["2025-01"],
+            json_schema_extra=_DATE,
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        Query(
+            description="Last day, inclusive: YYYY-MM (its last day) or YYYY-MM-DD",
+            examples=["2025-06"],
+            json_schema_extra=_DATE,
+        ),
+    ] = None,
+    granularity: Annotated[
+        str | None,
+        Query(
+            description="day, week or month",
+            examples=["month"],
+            json_schema_extra={"enum": ["day", "week", "month"]},
+        ),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        Query(
+            description="IANA zone for bucket boundaries (default: the account's)",
+            examples=["Europe/Berlin"],
+        ),
+    ] = None,
+    numbers: Annotated[
+        list[str] | None,
+        Query(
+            description="The account's numbers, comma-separated or repeated (default: all)",
+            examples=[["972501234567"]],
+        ),
+    ] = None,
+    group_by: Annotated[
+        list[str] | None,
+        Query(
+            description="Any of number, category, country (comma-separated or repeated)",
+            examples=[["number"]],
+            json_schema_extra={
+                "items": {"type": "string", "enum": ["number", "category", "country"]}
+            },
+        ),
+    ] = None,
+    unique: Annotated[
+        bool, Query(description="Add unique customers per bucket (reads counted units)")
+    ] = False,
+    format: Annotated[
+        str | None,
+        Query(
+            description="json (default) or csv",
+            examples=["csv"],
+            json_schema_extra={"enum": ["json", "csv"]},
+        ),
+    ] = None,
+) -> Response:
+    account = await current_account(request)
+    if account is None:
+        return unauthorized()
+    wants_csv = format == "csv" or (
+        format is None and "text/csv" in request.headers.get("accept", "")
+    )
+    if format not in (None, "json", "csv"):
+        return _invalid("format", "format must be json or csv")
+    ctx = context_of(request)
+    try:
+        result = await ctx.run(
+            _answer, ctx, account, from_, to, granularity, tz, numbers, group_by, unique
+        )
+    except reporting.ParameterError as exc:
+        return _invalid(exc.parameter, exc.message)
+    if wants_csv:
+        q = result.question
+        return StreamingResponse(
+            _csv_lines(result),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'
+            },
+        )
+    return JSONResponse(result.as_dict())
+
+
+def _invalid(parameter: str, message: str) -> JSONResponse:
+    return problem(
+        422, "Invalid parameter", message, errors=[{"parameter": parameter, "message": message}]
+    )
+
+
+def _answer(
+    ctx: AppContext,
+    account: AccountRow,
+    from_: str | None,
+    to: str | None,
+    granularity: str | None,
+    tz: str | None,
+    numbers: list[str] | None,
+    group_by: list[str] | None,
+    unique: bool,
+) -> reporting.Answer:
+    now = ctx.now()
+    with ctx.db.read() as conn:
+        question = reporting.parse_question(
+            conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
+            numbers=numbers, group_by=group_by, unique=unique, now=now,
+        )  # fmt: skip
+        return reporting.answer(conn, account, question, now)
+
+
+def _csv_lines(result: reporting.Answer) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(reporting.csv_header(result.question))
+    for index, row in enumerate(reporting.csv_rows(result)):
+        writer.writerow(row)
+        if index % 500 == 499:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+# --- GET /v1/numbers --------------------------------------------------------------------------
+
+
+@router.get(
+    "/numbers", response_model=NumbersAnswer, responses={401: _ERRORS[401]},
+    summary="The account's business numbers",
+)  # fmt: skip
+async def list_numbers(request: Request) -> Response:
+    account = await current_account(request)
+    if account is None:
+        return unauthorized()
+    ctx = context_of(request)
+    rows = await ctx.run(_numbers, ctx, account)
+    return JSONResponse({"numbers": rows})
+
+
+def _numbers(ctx: AppContext, account: AccountRow) -> list[dict[str, Any]]:
+    with ctx.db.read() as conn:
+        rows = numbers_repo.list_numbers(conn, account.id)
+    return [
+        {
+            "whatsapp": n.whatsapp,
+            "phone_number_id": n.phone_number_id,
+            "waba_id": n.waba_id,
+            "display_name": n.display_name,
+            "business_name": n.business_name,
+            "coexistence": n.coexistence,
+            "created_at": n.created_at,
+        }
+        for n in rows
+    ]

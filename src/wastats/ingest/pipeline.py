@@ -31,6 +31,7 @@ from wastats.counting.calendar import month_of
 from wastats.counting.model import CountedUnit, StatusFact
 from wastats.domain.accounts import load_zone
 from wastats.ingest.identity import CustomerHasher, country_of_bsuid, country_of_phone
+from wastats.store import activity as activity_repo
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
 from wastats.store import inbox as inbox_repo
@@ -56,6 +57,8 @@ class NumberBatch:
     """(index in `statuses`, BSUID key) of statuses whose customer came without a phone number:
     resolved to the linked phone number's key, if a link is known, before storing."""
     links: set[tuple[str, str, str]] = field(default_factory=set)
+    newest: int = 0
+    """Event time of the newest event of this batch for the number (for `as_of`)."""
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Pipeline:
                 )
             )
         report.units_changed = self.apply(conn, per_number)
+        activity_repo.record(conn, {n: b.newest for n, b in per_number.items() if b.newest}, now)
         inbox_repo.record_outcomes(conn, outcomes, now)
         return report
 
@@ -154,6 +158,7 @@ class Pipeline:
                 continue  # Rule I: every type except system
             number = _clip(message.phone_number_id, 64) or ""
             per_number[number].inbound.append(self._inbound_row(number, message))
+            per_number[number].newest = max(per_number[number].newest, message.timestamp)
             report.inbound += 1
             report.newest_event = max(report.newest_event, message.timestamp)
         for status in parsed.statuses:
@@ -166,6 +171,7 @@ class Pipeline:
             if bsuid_key is not None:
                 batch.bsuid_only.append((len(batch.statuses), bsuid_key))
             batch.statuses.append(fact)
+            batch.newest = max(batch.newest, status.timestamp)
             report.statuses += 1
             report.newest_event = max(report.newest_event, status.timestamp)
         for link in parsed.links:

@@ -206,6 +206,16 @@ counted_units = Table(
     Index(None, "phone_number_id", "user_key"),
 )
 
+number_activity = Table(
+    "number_activity",
+    metadata,
+    Column("phone_number_id", String(64), primary_key=True),
+    # Event time (Meta's timestamp) of the newest event counted for the number: the `as_of` of
+    # statistics answers. Kept here so no answer has to scan facts for it.
+    Column("newest_event", BigInteger, nullable=False),
+    Column("last_received", BigInteger, nullable=False),
+)
+
 # --- service state ----------------------------------------------------------------------------
 
 service_state = Table(
