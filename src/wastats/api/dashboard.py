@@ -1,9 +1,417 @@
-"""The dashboard at /dashboard (being built: see docs/api-v1.md for the data it shows)."""
+"""The dashboard at /dashboard: a sign-in form, and one server-rendered page whose chart and
+table are filled in by `web/static/dashboard.js` from the /v1 API (docs/api-v1.md).
+
+Security choices, in one place:
+- The session is an ordinary access token (issued by `auth.issue_token`, so the per-IP lockout
+  of the token endpoint applies to the form too) in an HttpOnly, SameSite=Strict cookie, Secure
+  when the request came over https. Logout revokes the token, not only the cookie.
+- Every POST carries a double-submit CSRF token: a random value in the `wastats_csrf` cookie
+  (SameSite=Strict, HttpOnly: only the server needs to read it) and in a hidden form field,
+  compared in constant time. `Sec-Fetch-Site` is checked too, so a sibling subdomain that could
+  plant a cookie still cannot post.
+- Every HTML page is sent with a Content-Security-Policy that allows only 'self': the templates
+  have no inline script or style, and all assets are served from the package (works offline).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import hmac
+import html
+import os
+import re
+import secrets
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from string import Template
+from urllib.parse import parse_qs, urlencode
+from zoneinfo import ZoneInfo, available_timezones
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from wastats import __version__
+from wastats.api.context import SESSION_COOKIE, AppContext, client_ip, context_of
+from wastats.domain import auth
+from wastats.domain.accounts import load_zone
+from wastats.domain.errors import InvalidInput
+from wastats.store.accounts import AccountRow
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+STATIC_DIR = WEB_DIR / "static"
+TEMPLATE_DIR = WEB_DIR / "templates"
+
+CSRF_COOKIE = "wastats_csrf"
+CSRF_FIELD = "csrf_token"
+_CSRF_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+_MONTH_SHAPE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+# A login form has three short fields; anything much bigger is not one.
+_MAX_FORM_BYTES = 4096
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard's routes and its static assets on `app`."""
+    app.mount("/dashboard/static", _Static(directory=STATIC_DIR), name="dashboard-static")
+    app.include_router(router)
+
+
+class _Static(StaticFiles):
+    """The package's assets, with the same hardening headers as the pages."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+
+# --- templates ------------------------------------------------------------------------------
+
+
+@cache
+def _template(name: str) -> Template:
+    # Read on first use, not at import: nothing is built at import time (see wastats.app).
+    return Template((TEMPLATE_DIR / name).read_text(encoding="utf-8"))
+
+
+@cache
+def _zone_options() -> str:
+    return "".join(
+        f'<option value="{html.escape(z)}"></option>'
+        for z in sorted(available_timezones())
+        # Suggest Area/City names only: the legacy aliases ("Israel", "EST5EDT", "Factory",
+        # "localtime") clutter the list; any name /v1 accepts can still be typed.
+        if "/" in z or z == "UTC"
+    )
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(
+    request: Request,
+    *,
+    title: str,
+    template: str,
+    status_code: int = 200,
+    body_class: str = "",
+    **values: str,
+) -> HTMLResponse:
+    """Render `template` (values already escaped) inside the layout."""
+    base = _base(request)
+    body = _template(template).substitute(
+        base=_e(base), static=_e(base + "/static"), version=_e(__version__), **values
+    )
+    page = _template("layout.html").substitute(
+        title=_e(title),
+        static=_e(base + "/static"),
+        version=_e(__version__),
+        body_class=_e(body_class),
+        body=body,
+    )
+    response = HTMLResponse(page, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    # Pages show account data or carry a CSRF token: never keep them in a shared cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _base(request: Request) -> str:
+    return str(request.scope.get("root_path", "")) + "/dashboard"
+
+
+# --- cookies and CSRF -----------------------------------------------------------------------
+
+
+def _secure(request: Request) -> bool:
+    # ProxyHeadersMiddleware has already applied X-Forwarded-Proto from a trusted proxy.
+    return request.url.scheme == "https"
+
+
+def _csrf_token(request: Request) -> str:
+    """The browser's CSRF token if it has a well-formed one, else a new one."""
+    existing = request.cookies.get(CSRF_COOKIE, "")
+    return existing if _CSRF_SHAPE.fullmatch(existing) else secrets.token_urlsafe(32)
+
+
+def _set_csrf_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(
+        CSRF_COOKIE,
+        token,
+        path=_base(request),
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+
+
+def _csrf_ok(request: Request, form: dict[str, str]) -> bool:
+    # A sibling subdomain ("same-site") could have planted the cookie; only our own pages, or
+    # browsers too old to say, may post.
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    field = form.get(CSRF_FIELD, "")
+    if not _CSRF_SHAPE.fullmatch(cookie) or not field:
+        return False
+    return hmac.compare_digest(cookie.encode(), field.encode())
+
+
+def _forbidden(request: Request) -> HTMLResponse:
+    return _page(
+        request,
+        title="Request refused",
+        template="message.html",
+        status_code=403,
+        body_class="auth-page",
+        heading="Request refused",
+        message=_e(
+            "This form was not sent from a current wastats page (its security token is missing "
+            "or does not match). Nothing was changed. Open the sign-in page and try again."
+        ),
+        link=_e(_base(request) + "/login"),
+        link_text="Go to sign in",
+    )
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """The url-encoded form body (first value of each field), or None if it is not one."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return None
+    raw = await request.body()
+    if len(raw) > _MAX_FORM_BYTES:
+        return None
+    try:
+        fields = parse_qs(
+            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=10
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {key: values[0] for key, values in fields.items() if values}
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
+    with ctx.db.read() as conn:
+        return auth.authenticate(conn, token, ctx.now())
+
+
+async def _session_account(request: Request) -> AccountRow | None:
+    token = request.cookies.get(SESSION_COOKIE, "").strip()
+    if not token:
+        return None
+    ctx = context_of(request)
+    return await ctx.run(_authenticate, ctx, token)
+
+
+def _issue(
+    ctx: AppContext, client_id: str, client_secret: str, ip: str
+) -> auth.IssuedToken | auth.TokenRefusal:
+    s = ctx.settings
+    with ctx.db.write() as conn:
+        return auth.issue_token(
+            conn,
+            client_id=client_id,
+            client_secret=client_secret,
+            ip=ip,
+            now=ctx.now(),
+            lifetime=s.token_lifetime_seconds,
+            lockout=auth.LockoutPolicy(
+                threshold=s.lockout_threshold,
+                window_seconds=s.lockout_window_seconds,
+                lock_seconds=s.lockout_seconds,
+            ),
+        )
+
+
+def _revoke(ctx: AppContext, token: str) -> None:
+    with ctx.db.write() as conn:
+        auth.revoke_token(conn, token)
+
+
+def _clear_session(request: Request, response: Response) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request)
+    )
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def _login_page(
+    request: Request, *, csrf: str, error: str = "", client_id: str = "", status_code: int = 200
+) -> HTMLResponse:
+    alert = f'<div class="alert" role="alert" id="login-error">{_e(error)}</div>' if error else ""
+    response = _page(
+        request,
+        title="Sign in",
+        template="login.html",
+        status_code=status_code,
+        body_class="auth-page",
+        csrf_field=_e(CSRF_FIELD),
+        csrf=_e(csrf),
+        error=alert,
+        client_id=_e(client_id),
+    )
+    _set_csrf_cookie(request, response, csrf)
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    if await _session_account(request) is not None:
+        return RedirectResponse(_base(request), status_code=303)
+    return _login_page(request, csrf=_csrf_token(request))
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    if form is None or not _csrf_ok(request, form):
+        return _forbidden(request)
+    csrf = _csrf_token(request)
+    client_id = form.get("client_id", "").strip()
+    client_secret = form.get("client_secret", "")
+    if not client_id or not client_secret:
+        # An incomplete form is not a login attempt: it does not count towards the lockout.
+        return _login_page(
+            request,
+            csrf=csrf,
+            error="Enter both the client id and the client secret.",
+            client_id=client_id,
+            status_code=400,
+        )
+    ctx = context_of(request)
+    result = await ctx.run(_issue, ctx, client_id, client_secret, client_ip(request))
+    if result is auth.TokenRefusal.LOCKED_OUT:
+        return _login_page(
+            request,
+            csrf=csrf,
+            error="Too many failed attempts from this address; try again later.",
+            client_id=client_id,
+            status_code=429,
+        )
+    if result is auth.TokenRefusal.BAD_CREDENTIALS:
+        return _login_page(
+            request,
+            csrf=csrf,
+            error="The client id or secret is wrong.",
+            client_id=client_id,
+            status_code=401,
+        )
+    assert isinstance(result, auth.IssuedToken)
+    old = request.cookies.get(SESSION_COOKIE, "").strip()
+    if old:
+        # Signing in again replaces the session: the previous token should not linger.
+        await ctx.run(_revoke, ctx, old)
+    response = RedirectResponse(_base(request), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        result.access_token,
+        max_age=max(0, result.expires_at - ctx.now()),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    # A fresh CSRF token for the signed-in session, so one seen before sign-in is worthless.
+    _set_csrf_cookie(request, response, secrets.token_urlsafe(32))
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    if form is None or not _csrf_ok(request, form):
+        return _forbidden(request)
+    token = request.cookies.get(SESSION_COOKIE, "").strip()
+    if token:
+        ctx = context_of(request)
+        await ctx.run(_revoke, ctx, token)
+    response = RedirectResponse(_base(request) + "/login", status_code=303)
+    _clear_session(request, response)
+    return response
+
+
+@router.get("")
+async def dashboard(request: Request) -> Response:
+    account = await _session_account(request)
+    if account is None:
+        redirect = RedirectResponse(_base(request) + "/login", status_code=303)
+        if SESSION_COOKIE in request.cookies:
+            _clear_session(request, redirect)  # expired or revoked: drop it
+        return redirect
+    ctx = context_of(request)
+    now = ctx.now()
+    first, last = _default_range(now, account.timezone)
+    # The page's own URL keeps the picker's state (the script writes it with replaceState),
+    # so a reload or a bookmark shows the same range.
+    chosen_from = _month_param(request, "from") or first
+    chosen_to = _month_param(request, "to") or last
+    tz = request.query_params.get("tz", "").strip()[:64] or account.timezone
+    csrf = _csrf_token(request)
+    root = str(request.scope.get("root_path", ""))
+    csv_query = urlencode(
+        {"format": "csv", "granularity": "month", "from": chosen_from, "to": chosen_to, "tz": tz}
+    )
+    response = _page(
+        request,
+        title=f"{account.name} · Dashboard",
+        template="dashboard.html",
+        account_name=_e(account.name),
+        account_zone=_e(account.timezone),
+        api=_e(root + "/v1"),
+        docs=_e(root + "/docs"),
+        now=_e(now),
+        from_month=_e(chosen_from),
+        to_month=_e(chosen_to),
+        tz=_e(tz),
+        zones=_zone_options(),
+        csv=_e(root + "/v1/stats?" + csv_query),
+        csrf_field=_e(CSRF_FIELD),
+        csrf=_e(csrf),
+    )
+    _set_csrf_cookie(request, response, csrf)
+    return response
+
+
+def _month_param(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name, "")
+    return value if _MONTH_SHAPE.fullmatch(value) else None
+
+
+def _default_range(now: int, timezone: str) -> tuple[str, str]:
+    """The last twelve months up to the current one in the account's zone (as /v1 defaults)."""
+    try:
+        zone = load_zone(timezone)
+    except InvalidInput:
+        zone = ZoneInfo("UTC")
+    today = datetime.fromtimestamp(now, zone)
+    index = today.year * 12 + today.month - 1 - 11
+    start = f"{index // 12:04d}-{index % 12 + 1:02d}"
+    return start, f"{today.year:04d}-{today.month:02d}"

@@ -10,7 +10,7 @@ from enum import Enum
 
 from sqlalchemy import Connection
 
-from wastats.domain.accounts import hash_secret
+from wastats.domain.accounts import get_account, hash_secret
 from wastats.store import accounts as repo
 from wastats.store.accounts import AccountRow
 
@@ -80,8 +80,31 @@ def issue_token(
     return IssuedToken(access_token=token, expires_at=now + lifetime)
 
 
+def operator_token(conn: Connection, *, client_id: str, now: int, lifetime: int) -> IssuedToken:
+    """A short-lived token for an account, without its secret: for the operator, who can read
+    and write the database anyway (`wastats stats`), so a secret would protect nothing here.
+    Raises NotFound for an unknown client id."""
+    account = get_account(conn, client_id)
+    token = secrets.token_urlsafe(32)
+    repo.insert_token(
+        conn,
+        token_hash=hash_token(token),
+        account_id=account.id,
+        now=now,
+        expires_at=now + lifetime,
+    )
+    return IssuedToken(access_token=token, expires_at=now + lifetime)
+
+
 def authenticate(conn: Connection, token: str, now: int) -> AccountRow | None:
     """The account of a live bearer token, or None."""
     if not token or len(token) > 200:
         return None
     return repo.account_for_token(conn, hash_token(token), now)
+
+
+def revoke_token(conn: Connection, token: str) -> bool:
+    """End one token now (logout); other tokens of the account stay valid. True if it existed."""
+    if not token or len(token) > 200:
+        return False
+    return repo.delete_token(conn, hash_token(token))

@@ -110,6 +110,13 @@ def account_for_token(conn: Connection, token_hash: str, now: int) -> AccountRow
     return _account(row) if row else None
 
 
+def delete_token(conn: Connection, token_hash: str) -> bool:
+    """Revoke one token (a dashboard logout); True if it existed."""
+    return bool(
+        conn.execute(delete(access_tokens).where(access_tokens.c.token_hash == token_hash)).rowcount
+    )
+
+
 def delete_expired_tokens(conn: Connection, now: int) -> int:
     return conn.execute(delete(access_tokens).where(access_tokens.c.expires_at <= now)).rowcount
 
