@@ -18,18 +18,19 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from wastats import __version__
 from wastats.api import health, partners, v1
+from wastats.api.context import AppContext
 from wastats.api.dashboard import install_dashboard
+from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.observability import (
     count_database_error,
     install_observability,
     request_id_of,
 )
-from wastats.api.context import AppContext
-from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.webhooks import whatsapp_webhook
 from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
+from wastats.logs import configure_logging
 from wastats.settings import Settings, load_settings
 from wastats.store.db import Database
 from wastats.store.migrate import check_schema_current
@@ -74,12 +75,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     install_dashboard(app)
     app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
     _install_error_handlers(app)
-    install_observability(app, ctx)
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_body_bytes,
         limits={WEBHOOK_PATH: settings.max_webhook_body_bytes},
     )
+    # Outside the body limit, so a refused 413 also gets a request id, a log line and metrics;
+    # inside the proxy headers, so it logs the real client IP.
+    install_observability(app, ctx)
     app.add_middleware(
         ProxyHeadersMiddleware,
         trusted_hosts=[h.strip() for h in settings.forwarded_allow_ips.split(",") if h.strip()],
@@ -89,7 +92,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
 def create_app_from_environment() -> FastAPI:
     """Entry point for `uvicorn --factory` (used by `wastats serve --workers N`)."""
-    return create_app(load_settings())
+    # uvicorn starts each worker as a fresh process: each configures its own logging.
+    settings = load_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:

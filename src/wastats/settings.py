@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the service."
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="Log line format of `wastats serve`: `json` (one object per line, for log "
+        "collectors) or `text` (for reading in a terminal).",
+    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="Comma-separated proxy addresses whose `X-Forwarded-For` is trusted for the "

@@ -105,10 +105,23 @@ def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: int) -> 
             processed_at=now,
         ),
         [
-            {"row_id": o.id, "new_state": o.state, "new_reason": o.reason, "new_events": o.events}
+            {
+                "row_id": o.id,
+                "new_state": o.state,
+                "new_reason": _printable(o.reason),
+                "new_events": o.events,
+            }  # fmt: skip
             for o in outcomes
         ],
     )
+
+
+def _printable(reason: str | None) -> str | None:
+    # A reason quotes what was not understood, and a body can hold any bytes: PostgreSQL text
+    # refuses NUL, and an operator wants one readable line.
+    if reason is None:
+        return None
+    return reason.replace("\x00", "\\x00")[:2000]
 
 
 def list_by_state(conn: Connection, state: str, limit: int) -> list[InboxRow]:
