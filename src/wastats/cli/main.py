@@ -9,9 +9,10 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
-from wastats.cli import accounts, db, ingest, numbers
+from wastats.cli import accounts, db, ingest, numbers, stats
 from wastats.cli.common import console, fail, settings
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
+from wastats.logs import configure_logging
 from wastats.store import migrate
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(ingest.events_app, name="events")
 app.command("import")(ingest.import_command)
 app.command("recount")(ingest.recount_command)
+app.command("stats")(stats.stats_command)
 
 
 def _version(value: bool) -> None:
@@ -69,6 +71,7 @@ def serve(
     if before != after:
         console.print(f"Database schema: {before or 'empty'} → {after}")
     console.print(f"wastats {__version__} on http://{host}:{port} (docs at /docs)")
+    configure_logging(s)
     uvicorn.run(
         "wastats.app:create_app_from_environment",
         factory=True,
@@ -76,6 +79,10 @@ def serve(
         port=port,
         workers=workers,
         log_level=s.log_level.lower(),
+        # Our middleware writes the access log (with route and request id) and configure_logging
+        # formats every logger, uvicorn's included: uvicorn must not install its own handlers.
+        access_log=False,
+        log_config=None,
         # The app applies X-Forwarded-For itself, from WASTATS_FORWARDED_ALLOW_IPS.
         proxy_headers=False,
         server_header=False,
