@@ -69,6 +69,7 @@ class IngestService:
         max_batch: int = 1000,
         sweep_seconds: float = 5.0,
         retention_days: int = 30,
+        batch_window: float = 0.1,
     ) -> None:
         self.db = db
         self.pipeline = pipeline
@@ -76,6 +77,7 @@ class IngestService:
         self.max_batch = max_batch
         self.sweep_seconds = sweep_seconds
         self.retention_days = retention_days
+        self.batch_window = batch_window
         self.stats = IngestStats()
         self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
@@ -213,9 +215,15 @@ class IngestService:
                 return
             ids: list[int] = list(item) if isinstance(item, list) else []
             stop_after = False
+            # Under load (commits queued up while we were busy), gather for a moment: every
+            # processing transaction has a fixed cost per batch and per number touched, and
+            # small batches spent the CPU the HTTP side needs (measured: 3x fewer webhooks/s).
+            # Idle, process at once: counts are then visible within milliseconds.
+            window = self.batch_window if self._committed.qsize() else 0.0
+            deadline = time.monotonic() + window
             while len(ids) < self.max_batch * 4:
                 try:
-                    more = self._committed.get_nowait()
+                    more = self._committed.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is _STOP:

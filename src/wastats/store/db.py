@@ -10,8 +10,9 @@ to WAL, never wait for the writer.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if self.dialect == "sqlite" else nullcontext()
+        )
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,8 @@ class Database:
                 },
                 pool_size=pool_size,
                 max_overflow=pool_size,
+                # Error messages must never carry bound values: webhook bodies, customers.
+                hide_parameters=True,
             )
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
@@ -52,6 +58,7 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
+                hide_parameters=True,
                 # A short connect timeout turns "database is gone" into a prompt 503 rather
                 # than a request hanging until Meta's delivery times out.
                 connect_args={"connect_timeout": 5},
@@ -63,8 +70,14 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A read-write transaction: committed at the end of the block, rolled back on error."""
-        with self.engine.connect() as conn:
+        """A read-write transaction: committed at the end of the block, rolled back on error.
+
+        On SQLite, writers of this process also queue on a Python lock. SQLite has one writer at
+        a time; without the lock a second thread's BEGIN IMMEDIATE would sleep in SQLite's busy
+        handler (which backs off up to 100 ms a try) instead of waking the moment the first one
+        commits: measured, that alone cut the webhook rate by ten. Other processes still
+        queue on the busy timeout."""
+        with self._write_lock, self.engine.connect() as conn:
             conn = conn.execution_options(wastats_write=True)
             with conn.begin():
                 yield conn
