@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, union, update
+from sqlalchemy import Connection, delete, select, tuple_, union, update
 
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
 from wastats.store.schema import (
@@ -25,6 +25,10 @@ from wastats.store.schema import (
 from wastats.store.sql import chunks, insert_for, insert_ignore_sql
 
 InboundRow = dict[str, Any]
+Pair = tuple[str, str]
+"""(phone_number_id, key): every fact and unit is addressed by its number first, so one query
+serves a whole batch of numbers (row-value IN), not one query per number."""
+PAIR_CHUNK = 400  # two bound parameters per pair
 StatusRow = dict[str, Any]
 
 INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
@@ -43,14 +47,15 @@ def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
         conn.exec_driver_sql(sql, [_inbound_values(r) for r in rows])
 
 
-def insert_statuses(conn: Connection, phone_number_id: str, facts: Sequence[StatusFact]) -> None:
+def insert_statuses(conn: Connection, facts: Sequence[tuple[str, StatusFact]]) -> None:
+    """Insert (phone_number_id, fact) status facts."""
     if facts:
         sql = insert_ignore_sql(conn, message_statuses, STATUS_COLUMNS)
         conn.exec_driver_sql(
             sql,
             [
                 (
-                    phone_number_id,
+                    number,
                     f.message_key,
                     f.status,
                     f.timestamp,
@@ -64,7 +69,7 @@ def insert_statuses(conn: Connection, phone_number_id: str, facts: Sequence[Stat
                     f.user_key,
                     f.country,
                 )  # fmt: skip
-                for f in facts
+                for number, f in facts
             ],
         )
 
@@ -89,18 +94,17 @@ def insert_links(
     return [(p, b, w) for p, b, w in conn.execute(stmt, rows)]
 
 
-def linked_phone_keys(
-    conn: Connection, phone_number_id: str, bsuid_keys: Iterable[str]
-) -> dict[str, str]:
-    keys = sorted(set(bsuid_keys))
-    found: dict[str, str] = {}
-    for part in chunks(keys):
+def linked_phone_keys(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, str]:
+    """{(phone_number_id, bsuid_key): wa_key} for the linked ones among `pairs`."""
+    found: dict[Pair, str] = {}
+    key = tuple_(user_links.c.phone_number_id, user_links.c.bsuid_key)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(user_links.c.bsuid_key, user_links.c.wa_key).where(
-                user_links.c.phone_number_id == phone_number_id, user_links.c.bsuid_key.in_(part)
+            select(user_links.c.phone_number_id, user_links.c.bsuid_key, user_links.c.wa_key).where(
+                key.in_(part)
             )
         )
-        found.update({b: w for b, w in rows})
+        found.update({(n, b): w for n, b, w in rows})
     return found
 
 
@@ -137,25 +141,24 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
 
 
 def inbound_facts(
-    conn: Connection, phone_number_id: str, user_keys: Iterable[str]
-) -> dict[str, dict[str, tuple[int, str | None]]]:
-    """{user_key: {wamid: (timestamp, country)}} of the stored inbound messages of these
-    customers."""
-    result: dict[str, dict[str, tuple[int, str | None]]] = {}
-    for part in chunks(sorted(set(user_keys))):
+    conn: Connection, pairs: Iterable[Pair]
+) -> dict[Pair, dict[str, tuple[int, str | None]]]:
+    """{(phone_number_id, user_key): {wamid: (timestamp, country)}} of the stored inbound
+    messages of these customers."""
+    result: dict[Pair, dict[str, tuple[int, str | None]]] = {}
+    key = tuple_(inbound_messages.c.phone_number_id, inbound_messages.c.user_key)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(
+                inbound_messages.c.phone_number_id,
                 inbound_messages.c.user_key,
                 inbound_messages.c.wamid,
                 inbound_messages.c.ts,
                 inbound_messages.c.country,
-            ).where(
-                inbound_messages.c.phone_number_id == phone_number_id,
-                inbound_messages.c.user_key.in_(part),
-            )
+            ).where(key.in_(part))
         )
-        for user_key, wamid, ts, country in rows:
-            result.setdefault(user_key, {})[wamid] = (int(ts), country)
+        for number, user_key, wamid, ts, country in rows:
+            result.setdefault((number, user_key), {})[wamid] = (int(ts), country)
     return result
 
 
@@ -192,42 +195,41 @@ def _status_fact(row: Sequence[Any]) -> StatusFact:
     )
 
 
-def statuses_of(
-    conn: Connection, phone_number_id: str, message_keys: Iterable[str]
-) -> dict[str, list[StatusFact]]:
-    """{message_key: [StatusFact]} of every stored status of these messages."""
-    result: dict[str, list[StatusFact]] = defaultdict(list)
-    for part in chunks(sorted(set(message_keys))):
+def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
+    """{(phone_number_id, message_key): [StatusFact]} of every stored status of these messages."""
+    result: dict[Pair, list[StatusFact]] = defaultdict(list)
+    key = tuple_(message_statuses.c.phone_number_id, message_statuses.c.message_key)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(*_STATUS_COLUMNS).where(
-                message_statuses.c.phone_number_id == phone_number_id,
-                message_statuses.c.message_key.in_(part),
-            )
+            select(message_statuses.c.phone_number_id, *_STATUS_COLUMNS).where(key.in_(part))
         )
         for row in rows:
-            fact = _status_fact(row)
-            result[fact.message_key].append(fact)
+            fact = _status_fact(row[1:])
+            result[(row[0], fact.message_key)].append(fact)
     return result
 
 
-def messages_in_conversations(
-    conn: Connection, phone_number_id: str, conversation_ids: Iterable[str]
-) -> dict[str, set[str]]:
-    """{conversation_id: {message_key}} of the messages any status of which carries the id."""
-    result: dict[str, set[str]] = defaultdict(set)
-    for part in chunks(sorted(set(conversation_ids))):
+def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, set[str]]:
+    """{(phone_number_id, conversation_id): {message_key}} of the messages any status of which
+    carries the id."""
+    result: dict[Pair, set[str]] = defaultdict(set)
+    key = tuple_(message_statuses.c.phone_number_id, message_statuses.c.conversation_id)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(message_statuses.c.conversation_id, message_statuses.c.message_key)
+            select(
+                message_statuses.c.phone_number_id,
+                message_statuses.c.conversation_id,
+                message_statuses.c.message_key,
+            )
             .where(
-                message_statuses.c.phone_number_id == phone_number_id,
-                message_statuses.c.conversation_id.in_(part),
+                key.in_(part),
                 # Spelled out so the planner can use the partial index on conversation_id.
                 message_statuses.c.conversation_id.is_not(None),
             )
             .distinct()
         )
-        for conversation_id, message_key in rows:
-            result[conversation_id].add(message_key)
+        for number, conversation_id, message_key in rows:
+            result[(number, conversation_id)].add(message_key)
     return result
 
 
@@ -260,35 +262,30 @@ def _unit(row: Sequence[Any]) -> CountedUnit:
     )
 
 
-def units_by_key(
-    conn: Connection, phone_number_id: str, unit_keys: Iterable[str]
-) -> dict[str, CountedUnit]:
-    found: dict[str, CountedUnit] = {}
-    for part in chunks(sorted(set(unit_keys))):
+def units_by_key(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
+    """{(phone_number_id, unit_key): unit} of the stored units among `pairs`."""
+    found: dict[Pair, CountedUnit] = {}
+    key = tuple_(counted_units.c.phone_number_id, counted_units.c.unit_key)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(*_UNIT_COLUMNS).where(
-                counted_units.c.phone_number_id == phone_number_id,
-                counted_units.c.unit_key.in_(part),
-            )
+            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(key.in_(part))
         )
-        found.update((row[0], _unit(row)) for row in rows)
+        found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
     return found
 
 
-def session_units_of(
-    conn: Connection, phone_number_id: str, user_keys: Iterable[str]
-) -> dict[str, CountedUnit]:
-    """Every incoming-session unit of these customers (keys `I:<user_key>:<start>`)."""
-    found: dict[str, CountedUnit] = {}
-    for part in chunks(sorted(set(user_keys))):
+def session_units_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
+    """{(phone_number_id, unit_key): unit} of every incoming-session unit of these
+    (phone_number_id, user_key) customers."""
+    found: dict[Pair, CountedUnit] = {}
+    key = tuple_(counted_units.c.phone_number_id, counted_units.c.user_key)
+    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(*_UNIT_COLUMNS).where(
-                counted_units.c.phone_number_id == phone_number_id,
-                counted_units.c.user_key.in_(part),
-                counted_units.c.kind == UnitKind.INCOMING_SESSION.value,
+            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(
+                key.in_(part), counted_units.c.kind == UnitKind.INCOMING_SESSION.value
             )
         )
-        found.update((row[0], _unit(row)) for row in rows)
+        found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
     return found
 
 
@@ -312,18 +309,12 @@ def _unit_row(phone_number_id: str, unit: CountedUnit) -> dict[str, Any]:
 
 
 def write_units(
-    conn: Connection,
-    phone_number_id: str,
-    upserts: Sequence[CountedUnit],
-    deletes: Sequence[str],
+    conn: Connection, upserts: Sequence[tuple[str, CountedUnit]], deletes: Sequence[Pair]
 ) -> None:
-    for part in chunks(sorted(deletes)):
-        conn.execute(
-            delete(counted_units).where(
-                counted_units.c.phone_number_id == phone_number_id,
-                counted_units.c.unit_key.in_(part),
-            )
-        )
+    """Delete the (phone_number_id, unit_key) units and insert or replace the given ones."""
+    key = tuple_(counted_units.c.phone_number_id, counted_units.c.unit_key)
+    for part in chunks(sorted(deletes), PAIR_CHUNK):
+        conn.execute(delete(counted_units).where(key.in_(part)))
     if upserts:
         # Driver-level executemany, for the same reason as the fact inserts (hot path).
         mark = "%s" if conn.dialect.name == "postgresql" else "?"
@@ -337,7 +328,7 @@ def write_units(
             sql,
             [
                 (
-                    phone_number_id,
+                    number,
                     u.unit_key,
                     u.kind.value,
                     u.timestamp,
@@ -348,7 +339,7 @@ def write_units(
                     u.user_key,
                     u.country,
                 )  # fmt: skip
-                for u in sorted(upserts, key=lambda u: u.unit_key)
+                for number, u in sorted(upserts, key=lambda item: (item[0], item[1].unit_key))
             ],
         )
 
