@@ -37,6 +37,18 @@ class LockoutPolicy:
     lock_seconds: int
 
 
+def is_storable(text: str) -> bool:
+    """True unless `text` has a NUL or a lone surrogate (what JSON's `\\u0000` and `\\ud800`
+    escapes can smuggle into a str), neither of which any credential or token contains."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -54,6 +66,18 @@ def issue_token(
     """A new token for valid credentials; a refusal otherwise. Older tokens stay valid."""
     if repo.locked_until(conn, ip) > now:
         return TokenRefusal.LOCKED_OUT
+    if not (is_storable(client_id) and is_storable(client_secret)):
+        # A NUL or a lone surrogate can't be in any issued credential, and PostgreSQL refuses
+        # NUL in text: refuse it as a wrong guess (it counts) without looking it up.
+        repo.record_failure(
+            conn,
+            ip=ip,
+            now=now,
+            window=lockout.window_seconds,
+            threshold=lockout.threshold,
+            lock_seconds=lockout.lock_seconds,
+        )
+        return TokenRefusal.BAD_CREDENTIALS
     account = repo.get_account_by_client_id(conn, client_id)
     expected = account.secret_hash if account else _DUMMY_HASH
     secret_ok = hmac.compare_digest(hash_secret(client_secret), expected)
@@ -98,7 +122,7 @@ def operator_token(conn: Connection, *, client_id: str, now: int, lifetime: int)
 
 def authenticate(conn: Connection, token: str, now: int) -> AccountRow | None:
     """The account of a live bearer token, or None."""
-    if not token or len(token) > 200:
+    if not token or len(token) > 200 or not is_storable(token):
         return None
     return repo.account_for_token(conn, hash_token(token), now)
 

@@ -44,7 +44,9 @@ class CustomerHasher:
         self.message_id = lru_cache(maxsize=65_536)(self._message_id)
 
     def _digest(self, kind: bytes, value: str) -> str:
-        return hmac.new(self._key, kind + value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        # surrogatepass: a lone surrogate from a malformed body still hashes, deterministically.
+        raw = value.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, kind + raw, hashlib.sha256).hexdigest()[:32]
 
     def _phone_key(self, wa_id: str) -> str:
         return self._digest(b"wa:", wa_id.lstrip("+"))
