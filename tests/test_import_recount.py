@@ -152,3 +152,31 @@ def test_import_needs_no_signature_but_a_secret_key_on_postgres(tmp_path: Path) 
     )
     assert result.exit_code == 1
     assert "WASTATS_SECRET_KEY must be set for PostgreSQL" in result.stderr
+
+
+def test_account_totals_follow_numbers_added_and_removed(database_url: str, tmp_path: Path) -> None:
+    """The account-wide rollup moves with registrations; recount finds it consistent."""
+    code, out, _ = run(database_url, "accounts", "create", "--name", "A", "--json")
+    client_id = json.loads(out)["client_id"]
+    history = tmp_path / "h.jsonl"
+    write_history(history)
+    run(database_url, "import", str(history))  # before the number exists: kept, not shown
+
+    def account_totals() -> list[tuple[object, ...]]:
+        db = Database(database_url)
+        try:
+            with db.read() as conn:
+                return [tuple(r) for r in conn.execute(text(
+                    "SELECT month, bucket, SUM(units) FROM account_monthly_counts "
+                    "GROUP BY month, bucket ORDER BY 1, 2"))]  # fmt: skip
+        finally:
+            db.dispose()
+
+    assert account_totals() == []
+    run(database_url, "numbers", "add", "--account", client_id, "--whatsapp", "15550783881",
+        "--phone-number-id", PHONE_NUMBER_ID)  # fmt: skip
+    assert account_totals() == [(202502, "incoming", 56), (202502, "marketing", 28)]
+    assert run(database_url, "recount")[0] == 0
+    run(database_url, "numbers", "remove", PHONE_NUMBER_ID)
+    assert account_totals() == []
+    assert run(database_url, "recount")[0] == 0

@@ -19,6 +19,7 @@ from wastats.api.context import AppContext, client_ip, context_of
 from wastats.counting.calendar import mmyyyy, parse_mmyyyy
 from wastats.domain import auth, stats
 from wastats.domain.phone import normalise_whatsapp
+from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/api", tags=["compatible partners API"])
@@ -252,7 +253,7 @@ def _statistics(
         months = stats.monthly_statistics(
             conn, account, number=number, first_month=first, last_month=last
         )
-        total_numbers = 1 if number else len(stats.account_numbers(conn, account))
+        total_numbers = 1 if number else numbers_repo.count_numbers(conn, account.id)
     return {
         "status": "OK",
         "reason": Reason.OK,

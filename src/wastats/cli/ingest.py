@@ -18,6 +18,7 @@ from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secre
 from wastats.ingest.importer import ImportReport, import_file
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import numbers_to_recount, recount_number
+from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 from wastats.store.migrate import SchemaOutOfDate, check_schema_current, upgrade
@@ -132,10 +133,15 @@ def recount_command(
                 str(result.units_changed),
                 str(result.rollup_rows_differing),
             )
+        with db.write() as conn:
+            # Account-wide sums, after the numbers' own rollups are right.
+            account_rows_off = counts_repo.rebuild_account_rollups(conn, repair=not dry_run)
     finally:
         db.dispose()
     console.print(table)
-    if differing:
+    if account_rows_off:
+        console.print(f"[bold red]Account rollups: {account_rows_off} rows differed.[/]")
+    if differing or account_rows_off:
         what = "found" if dry_run else "found and repaired"
         console.print(f"[bold red]Differences {what} on {differing} of {len(numbers)} numbers.[/]")
         raise typer.Exit(1)

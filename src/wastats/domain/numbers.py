@@ -77,6 +77,7 @@ def remove_number(conn: Connection, number: str) -> NumberRow:
     """Unregister a number. Its facts stay (as for any unregistered number), so adding it
     again, to this or another account, brings its counts back."""
     row = find_number(conn, number)
+    counts_repo.replace_rollups(conn, row.phone_number_id, {})  # the account's sums follow
     repo.delete_number(conn, row.phone_number_id)
     return row
 

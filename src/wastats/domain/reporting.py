@@ -27,10 +27,10 @@ from wastats.domain.accounts import load_zone
 from wastats.domain.errors import InvalidInput
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import activity as activity_repo
+from wastats.store import counts as counts_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store import reporting as reporting_repo
 from wastats.store.accounts import AccountRow
-from wastats.store.numbers import NumberRow
 
 BUCKETS = ("marketing", "service", "incoming")
 GROUPS = ("number", "country", "category")
@@ -62,14 +62,22 @@ class Period:
 
 
 @dataclass(frozen=True, slots=True)
+class NumberRef:
+    phone_number_id: str
+    whatsapp: str
+
+
+@dataclass(frozen=True, slots=True)
 class Question:
     first: date
     last: date
     granularity: str
     zone: ZoneInfo
-    numbers: tuple[NumberRow, ...]
+    numbers: tuple[NumberRef, ...]
     group_by: tuple[str, ...]
     unique: bool
+    all_numbers: bool
+    """The question covers every number of the account (so account-wide sums answer it)."""
 
 
 @dataclass
@@ -221,7 +229,7 @@ def parse_question(
     for g in groups:
         if g not in GROUPS:
             raise ParameterError("group_by", f"group_by takes number, category, country; not {g!r}")
-    own = numbers_repo.list_numbers(conn, account.id)
+    own = [NumberRef(p, w) for p, w in numbers_repo.number_refs(conn, account.id)]
     chosen = own
     wanted = _split(numbers)
     if wanted:
@@ -236,7 +244,9 @@ def parse_question(
             if by_digits[digits] not in chosen:
                 chosen.append(by_digits[digits])
     ordered_groups = tuple(g for g in GROUPS if g in groups)
-    return Question(first, last, grain, zone, tuple(chosen), ordered_groups, unique)
+    return Question(
+        first, last, grain, zone, tuple(chosen), ordered_groups, unique, len(chosen) == len(own)
+    )
 
 
 # --- periods ------------------------------------------------------------------------------------
@@ -315,6 +325,14 @@ def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answ
 
     if not numbers:
         pass
+    elif _uses_rollups(q, account) and "number" not in q.group_by and q.all_numbers:
+        # Account-wide: the account rollup, a few dozen rows whatever the account's size.
+        month_index = {int(p.label.replace("-", "")): i for i, p in enumerate(periods)}
+        for month, bucket, category, pricing, units in counts_repo.account_rows(
+            conn, account.id, min(month_index), max(month_index)
+        ):
+            key = tuple(f"{category}|{pricing}" if g == "category" else None for g in q.group_by)
+            add(month_index[month], key, bucket, units, None)
     elif _uses_rollups(q, account):
         month_index = {int(p.label.replace("-", "")): i for i, p in enumerate(periods)}
         first_month, last_month = min(month_index), max(month_index)

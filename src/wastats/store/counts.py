@@ -7,14 +7,19 @@ full rebuild of one number from its counted units (on registration and on `wasta
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, delete, func, select
 
 from wastats.counting.calendar import month_of
-from wastats.store.schema import business_numbers, counted_units, monthly_counts
+from wastats.store.schema import (
+    account_monthly_counts,
+    business_numbers,
+    counted_units,
+    monthly_counts,
+)
 from wastats.store.sql import chunks, insert_for
 
 RollupKey = tuple[str, int, str, str, str]
@@ -32,6 +37,8 @@ def monthly_bucket_totals(
     last_month: int | None,
 ) -> dict[int, dict[str, int]]:
     """{month: {bucket: units}} for the account's numbers (or one of them), the three buckets."""
+    if phone_number_id is None:
+        return _account_bucket_totals(conn, account_id, first_month, last_month)
     query = (
         select(monthly_counts.c.month, monthly_counts.c.bucket, func.sum(monthly_counts.c.units))
         .join(
@@ -54,6 +61,39 @@ def monthly_bucket_totals(
     for month, bucket, units in conn.execute(query):
         totals[int(month)][bucket] = int(units)
     return dict(totals)
+
+
+def _account_bucket_totals(
+    conn: Connection, account_id: int, first_month: int | None, last_month: int | None
+) -> dict[int, dict[str, int]]:
+    table = account_monthly_counts
+    query = (
+        select(table.c.month, table.c.bucket, func.sum(table.c.units))
+        .where(table.c.account_id == account_id, table.c.bucket.in_(COUNTED_BUCKETS))
+        .group_by(table.c.month, table.c.bucket)
+    )
+    if first_month is not None:
+        query = query.where(table.c.month >= first_month)
+    if last_month is not None:
+        query = query.where(table.c.month <= last_month)
+    totals: dict[int, dict[str, int]] = defaultdict(dict)
+    for month, bucket, units in conn.execute(query):
+        totals[int(month)][bucket] = int(units)
+    return dict(totals)
+
+
+def account_rows(
+    conn: Connection, account_id: int, first_month: int, last_month: int
+) -> list[tuple[int, str, str, str, int]]:
+    """(month, bucket, category, pricing_type, units) account rollup rows in the range."""
+    table = account_monthly_counts
+    rows = conn.execute(
+        select(table.c.month, table.c.bucket, table.c.category, table.c.pricing_type,
+               table.c.units)
+        .where(table.c.account_id == account_id, table.c.month >= first_month,
+               table.c.month <= last_month)
+    )  # fmt: skip
+    return [(int(m), b, c, p, int(u)) for m, b, c, p, u in rows]
 
 
 def number_bucket_totals(
@@ -124,6 +164,50 @@ def apply_deltas(conn: Connection, deltas: Mapping[RollupKey, int]) -> None:
                 and_(monthly_counts.c.phone_number_id.in_(part), monthly_counts.c.units == 0)
             )
         )
+    _apply_account_deltas(conn, changes)
+
+
+def _apply_account_deltas(conn: Connection, changes: Sequence[tuple[RollupKey, int]]) -> None:
+    """Mirror number-level deltas into the account rollup (registered numbers only)."""
+    owners: dict[str, int] = {}
+    numbers = sorted({key[0] for key, _ in changes})
+    for part in chunks(numbers):
+        rows = conn.execute(
+            select(business_numbers.c.phone_number_id, business_numbers.c.account_id).where(
+                business_numbers.c.phone_number_id.in_(part)
+            )
+        )
+        owners.update({n: int(a) for n, a in rows})
+    summed: Counter[tuple[int, int, str, str, str]] = Counter()
+    for (number, month, bucket, category, pricing), delta in changes:
+        if number in owners:
+            summed[(owners[number], month, bucket, category, pricing)] += delta
+    rows_ = sorted((k, v) for k, v in summed.items() if v)
+    if not rows_:
+        return
+    table = account_monthly_counts
+    stmt = insert_for(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.account_id, table.c.month, table.c.bucket, table.c.category,
+                        table.c.pricing_type],
+        set_={"units": table.c.units + stmt.excluded.units},
+    )  # fmt: skip
+    conn.execute(
+        stmt,
+        [
+            {
+                "account_id": k[0],
+                "month": k[1],
+                "bucket": k[2],
+                "category": k[3],
+                "pricing_type": k[4],
+                "units": v,
+            }  # fmt: skip
+            for k, v in rows_
+        ],
+    )
+    accounts = sorted({k[0] for k, _ in rows_})
+    conn.execute(delete(table).where(table.c.account_id.in_(accounts), table.c.units == 0))
 
 
 def rollup_rows(conn: Connection, phone_number_id: str) -> dict[RollupKey, int]:
@@ -159,6 +243,11 @@ def rollups_from_units(
 
 
 def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[RollupKey, int]) -> None:
+    """Make the number's rollups exactly `rows` (and its account's follow); `{}` removes them."""
+    before = rollup_rows(conn, phone_number_id)
+    difference = Counter(rows)
+    difference.subtract(before)
+    _apply_account_deltas(conn, sorted((k, v) for k, v in difference.items() if v))
     conn.execute(delete(monthly_counts).where(monthly_counts.c.phone_number_id == phone_number_id))
     values: Sequence[dict[str, object]] = [
         {
@@ -174,3 +263,43 @@ def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[Rollup
     ]
     if values:
         conn.execute(monthly_counts.insert(), values)
+
+
+def rebuild_account_rollups(conn: Connection, *, repair: bool = True) -> int:
+    """Compare every account rollup with the sum of its numbers' rollups, repairing it unless
+    `repair` is false; returns how many rows differed."""
+    table = account_monthly_counts
+    should: Counter[tuple[int, int, str, str, str]] = Counter()
+    rows = conn.execute(
+        select(business_numbers.c.account_id, monthly_counts.c.month, monthly_counts.c.bucket,
+               monthly_counts.c.category, monthly_counts.c.pricing_type, monthly_counts.c.units)
+        .join(business_numbers,
+              business_numbers.c.phone_number_id == monthly_counts.c.phone_number_id)
+    )  # fmt: skip
+    for account, month, bucket, category, pricing, units in rows:
+        should[(int(account), int(month), bucket, category, pricing)] += int(units)
+    have = {
+        (int(a), int(m), b, c, p): int(u)
+        for a, m, b, c, p, u in conn.execute(
+            select(table.c.account_id, table.c.month, table.c.bucket, table.c.category,
+                   table.c.pricing_type, table.c.units)
+        )
+    }  # fmt: skip
+    differing = sum(1 for k in should.keys() | have.keys() if should.get(k, 0) != have.get(k, 0))
+    if differing and repair:
+        conn.execute(delete(table))
+        values = [
+            {
+                "account_id": k[0],
+                "month": k[1],
+                "bucket": k[2],
+                "category": k[3],
+                "pricing_type": k[4],
+                "units": v,
+            }  # fmt: skip
+            for k, v in sorted(should.items())
+            if v
+        ]
+        if values:
+            conn.execute(table.insert(), values)
+    return differing

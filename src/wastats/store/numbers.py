@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 
 from wastats.store.schema import accounts, business_numbers
 from wastats.store.sql import chunks
@@ -81,6 +81,22 @@ def list_numbers(conn: Connection, account_id: int | None = None) -> list[Number
     if account_id is not None:
         query = query.where(business_numbers.c.account_id == account_id)
     return [_number(row) for row in conn.execute(query)]
+
+
+def count_numbers(conn: Connection, account_id: int) -> int:
+    query = select(func.count()).where(business_numbers.c.account_id == account_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def number_refs(conn: Connection, account_id: int) -> list[tuple[str, str]]:
+    """(phone_number_id, whatsapp) of the account's numbers, in registration order: what most
+    reads need, without building a full row per number (accounts have thousands)."""
+    rows = conn.execute(
+        select(business_numbers.c.phone_number_id, business_numbers.c.whatsapp)
+        .where(business_numbers.c.account_id == account_id)
+        .order_by(business_numbers.c.created_at, business_numbers.c.whatsapp)
+    )
+    return [(p, w) for p, w in rows]
 
 
 def get_number(conn: Connection, phone_number_id: str) -> NumberRow | None:

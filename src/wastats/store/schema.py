@@ -113,6 +113,21 @@ monthly_counts = Table(
     PrimaryKeyConstraint("phone_number_id", "month", "bucket", "category", "pricing_type"),
 )
 
+account_monthly_counts = Table(
+    "account_monthly_counts",
+    metadata,
+    # The same rollup summed over an account's numbers: an account-wide answer reads a few
+    # dozen rows whatever the number of numbers or events (measured: 1,000 numbers made the
+    # per-number sum 135x slower than a bare request). Kept in step by store/counts.py.
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("month", Integer, nullable=False),
+    Column("bucket", String(16), nullable=False),
+    Column("category", String(48), nullable=False),
+    Column("pricing_type", String(48), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    PrimaryKeyConstraint("account_id", "month", "bucket", "category", "pricing_type"),
+)
+
 # --- number tables: the inbox and the facts ---------------------------------------------------
 
 inbox = Table(
