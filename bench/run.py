@@ -1,16 +1,19 @@
 """wastats benchmarks: one command, ratios against baselines measured in the same run.
 
-    .venv/bin/python bench/run.py                # default sizes
-    .venv/bin/python bench/run.py --statuses 1000000
+    .venv/bin/python bench/run.py                 # everything (about 10 minutes; needs wrk)
+    .venv/bin/python bench/run.py --only import --statuses 1000000
+    .venv/bin/python bench/run.py --quick         # smaller sizes, for a smoke run
 
 Machines are shared and noisy, so every figure is reported as a ratio to a baseline measured
 moments before on the same machine, with the absolute numbers for context. Results go to stdout
 and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a run.
 
-Benchmarks:
-  import   `wastats import` of generated history into SQLite (status updates per second, peak
-           memory), against a baseline of plain sqlite3 executemany of the same status rows into
-           a table with the same key, no parsing and no counting (the floor for storing facts).
+  import  `wastats import` of generated history into SQLite (status updates per second, peak
+          memory) against plain sqlite3 executemany of the same rows (the floor for storing).
+  http    signed webhook POSTs (1 and 100 status updates each) through the real server against
+          a bare endpoint on the same stack; SQLite with one worker, PostgreSQL with two.
+  stats   getConversationsStatistics and /v1/stats (monthly) for an account with 1,000 numbers
+          and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 from generate import write  # noqa: E402
 
@@ -72,13 +76,12 @@ def bench_import(statuses: int, workdir: Path) -> dict[str, Any]:
     env = {**os.environ, "WASTATS_DATABASE_URL": f"sqlite:///{workdir / 'wastats.db'}",
            "WASTATS_SECRET_KEY": "bench-secret-key-0123456789abcdef"}  # fmt: skip
     subprocess.run([str(WASTATS), "db", "upgrade"], env=env, check=True, capture_output=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     result = subprocess.run(
         [str(WASTATS), "import", str(history)], env=env, check=True, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
-    peak_kib = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rate = statuses / seconds
     base_rate = base_rows / base_seconds
     return {
@@ -92,23 +95,71 @@ def bench_import(statuses: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_http(work: Path, quick: bool) -> dict[str, Any]:
+    from bench_http import bench
+    from pgcluster import PostgresCluster
+
+    seconds = 5 if quick else 10
+    results: dict[str, Any] = {}
+    for per_body in (1, 100):
+        db = work / f"http-{per_body}.db"
+        results[f"sqlite_{per_body}"] = bench(f"sqlite:///{db}", work, per_body=per_body,
+                                              seconds=seconds)  # fmt: skip
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        import psycopg
+
+        with psycopg.connect(cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
+            for per_body in (1, 100):
+                admin.execute(f"CREATE DATABASE bench{per_body}")
+        for per_body in (1, 100):
+            results[f"postgresql_{per_body}_2workers"] = bench(
+                cluster.url(f"bench{per_body}"), work, per_body=per_body, seconds=seconds,
+                workers=2,
+            )  # fmt: skip
+    finally:
+        cluster.destroy()
+    return results
+
+
+def run_stats(work: Path, quick: bool) -> dict[str, Any]:
+    from bench_stats import bench
+
+    sizes = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
+    results = {f"units_{n}": bench(work, n) for n in sizes}
+    small, large = (results[f"units_{n}"] for n in sizes)
+    results["growth"] = {
+        "compatible_p50": round(large["compatible"]["p50_ms"] / small["compatible"]["p50_ms"], 2),
+        "v1_p50": round(large["v1_monthly"]["p50_ms"] / small["v1_monthly"]["p50_ms"], 2),
+    }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
-    parser.add_argument("--statuses", type=int, default=200_000, help="size of the import")
-    parser.add_argument("--only", choices=["import"], default=None)
+    parser.add_argument("--only", choices=["import", "http", "stats"], default=None)
+    parser.add_argument("--statuses", type=int, default=None, help="size of the import")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
     args = parser.parse_args()
+    statuses = args.statuses or (100_000 if args.quick else 1_000_000)
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     }
     with tempfile.TemporaryDirectory(prefix="wastats-bench-") as tmp:
         work = Path(tmp)
-        print(f"import: {args.statuses} status updates ...", flush=True)
-        results["import"] = r = bench_import(args.statuses, work)
-        print(f"  wastats import: {r['statuses_per_second']:,} status updates/s "
-              f"({r['seconds']} s), peak memory {r['peak_memory_mb']} MB")  # fmt: skip
-        print(f"  baseline (plain sqlite3 executemany of the same rows): "
-              f"{r['baseline_rows_per_second']:,} rows/s")  # fmt: skip
-        print(f"  ratio: {r['ratio_to_baseline']}")
+        if args.only in (None, "import"):
+            print(f"import: {statuses} status updates ...", flush=True)
+            results["import"] = bench_import(statuses, work)
+            print(json.dumps(results["import"], indent=2), flush=True)
+        if args.only in (None, "http"):
+            print("http: webhook POSTs against a bare endpoint ...", flush=True)
+            results["http"] = run_http(work, args.quick)
+            print(json.dumps(results["http"], indent=2), flush=True)
+        if args.only in (None, "stats"):
+            print("stats: 1,000 numbers x 24 months ...", flush=True)
+            results["stats"] = run_stats(work, args.quick)
+            print(json.dumps(results["stats"], indent=2), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
