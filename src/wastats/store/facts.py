@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, tuple_, union, update
+from sqlalchemy import Connection, delete, select, union, update
 
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
 from wastats.store.schema import (
@@ -22,7 +22,7 @@ from wastats.store.schema import (
     message_statuses,
     user_links,
 )
-from wastats.store.sql import chunks, insert_for, insert_ignore_sql
+from wastats.store.sql import chunks, insert_for, insert_ignore_sql, pairs_clause
 
 InboundRow = dict[str, Any]
 Pair = tuple[str, str]
@@ -97,11 +97,10 @@ def insert_links(
 def linked_phone_keys(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, str]:
     """{(phone_number_id, bsuid_key): wa_key} for the linked ones among `pairs`."""
     found: dict[Pair, str] = {}
-    key = tuple_(user_links.c.phone_number_id, user_links.c.bsuid_key)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(user_links.c.phone_number_id, user_links.c.bsuid_key, user_links.c.wa_key).where(
-                key.in_(part)
+                pairs_clause(user_links.c.phone_number_id, user_links.c.bsuid_key, part)
             )
         )
         found.update({(n, b): w for n, b, w in rows})
@@ -146,7 +145,6 @@ def inbound_facts(
     """{(phone_number_id, user_key): {wamid: (timestamp, country)}} of the stored inbound
     messages of these customers."""
     result: dict[Pair, dict[str, tuple[int, str | None]]] = {}
-    key = tuple_(inbound_messages.c.phone_number_id, inbound_messages.c.user_key)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(
@@ -155,7 +153,9 @@ def inbound_facts(
                 inbound_messages.c.wamid,
                 inbound_messages.c.ts,
                 inbound_messages.c.country,
-            ).where(key.in_(part))
+            ).where(
+                pairs_clause(inbound_messages.c.phone_number_id, inbound_messages.c.user_key, part)
+            )
         )
         for number, user_key, wamid, ts, country in rows:
             result.setdefault((number, user_key), {})[wamid] = (int(ts), country)
@@ -198,10 +198,13 @@ def _status_fact(row: Sequence[Any]) -> StatusFact:
 def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
     """{(phone_number_id, message_key): [StatusFact]} of every stored status of these messages."""
     result: dict[Pair, list[StatusFact]] = defaultdict(list)
-    key = tuple_(message_statuses.c.phone_number_id, message_statuses.c.message_key)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(message_statuses.c.phone_number_id, *_STATUS_COLUMNS).where(key.in_(part))
+            select(message_statuses.c.phone_number_id, *_STATUS_COLUMNS).where(
+                pairs_clause(
+                    message_statuses.c.phone_number_id, message_statuses.c.message_key, part
+                )
+            )
         )
         for row in rows:
             fact = _status_fact(row[1:])
@@ -213,7 +216,6 @@ def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[P
     """{(phone_number_id, conversation_id): {message_key}} of the messages any status of which
     carries the id."""
     result: dict[Pair, set[str]] = defaultdict(set)
-    key = tuple_(message_statuses.c.phone_number_id, message_statuses.c.conversation_id)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(
@@ -222,7 +224,9 @@ def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[P
                 message_statuses.c.message_key,
             )
             .where(
-                key.in_(part),
+                pairs_clause(
+                    message_statuses.c.phone_number_id, message_statuses.c.conversation_id, part
+                ),
                 # Spelled out so the planner can use the partial index on conversation_id.
                 message_statuses.c.conversation_id.is_not(None),
             )
@@ -265,10 +269,11 @@ def _unit(row: Sequence[Any]) -> CountedUnit:
 def units_by_key(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
     """{(phone_number_id, unit_key): unit} of the stored units among `pairs`."""
     found: dict[Pair, CountedUnit] = {}
-    key = tuple_(counted_units.c.phone_number_id, counted_units.c.unit_key)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(key.in_(part))
+            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(
+                pairs_clause(counted_units.c.phone_number_id, counted_units.c.unit_key, part)
+            )
         )
         found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
     return found
@@ -278,11 +283,11 @@ def session_units_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, Coun
     """{(phone_number_id, unit_key): unit} of every incoming-session unit of these
     (phone_number_id, user_key) customers."""
     found: dict[Pair, CountedUnit] = {}
-    key = tuple_(counted_units.c.phone_number_id, counted_units.c.user_key)
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(
-                key.in_(part), counted_units.c.kind == UnitKind.INCOMING_SESSION.value
+                pairs_clause(counted_units.c.phone_number_id, counted_units.c.user_key, part),
+                counted_units.c.kind == UnitKind.INCOMING_SESSION.value,
             )
         )
         found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
@@ -312,9 +317,12 @@ def write_units(
     conn: Connection, upserts: Sequence[tuple[str, CountedUnit]], deletes: Sequence[Pair]
 ) -> None:
     """Delete the (phone_number_id, unit_key) units and insert or replace the given ones."""
-    key = tuple_(counted_units.c.phone_number_id, counted_units.c.unit_key)
     for part in chunks(sorted(deletes), PAIR_CHUNK):
-        conn.execute(delete(counted_units).where(key.in_(part)))
+        conn.execute(
+            delete(counted_units).where(
+                pairs_clause(counted_units.c.phone_number_id, counted_units.c.unit_key, part)
+            )
+        )
     if upserts:
         # Driver-level executemany, for the same reason as the fact inserts (hot path).
         mark = "%s" if conn.dialect.name == "postgresql" else "?"
