@@ -51,13 +51,16 @@ def test_upgrade_from_empty_postgresql(pg_cluster: PostgresCluster) -> None:
         drop_postgres_database(pg_cluster, name)
 
 
-def test_every_number_table_leads_its_keys_with_the_number() -> None:
-    """The schema shards by phone_number_id: every key of a number table starts with it."""
+def test_every_tenant_table_leads_its_keys_with_the_tenant_or_number() -> None:
+    """The schema shards by tenant: every key of a table holding tenant data starts with the
+    number (`phone_number_id`) or, for account-wide sums, the account (`account_id`)."""
     reference = {"accounts", "access_tokens", "login_failures", "business_numbers", "inbox",
                  "service_state", "alembic_version"}  # fmt: skip
+    by_account = {"account_monthly_counts"}
     for table in metadata.sorted_tables:
         if table.name in reference:
             continue
-        assert table.primary_key.columns.keys()[0] == "phone_number_id", table.name
+        lead = "account_id" if table.name in by_account else "phone_number_id"
+        assert table.primary_key.columns.keys()[0] == lead, table.name
         for index in table.indexes:
-            assert next(iter(index.columns)).name == "phone_number_id", (table.name, index.name)
+            assert next(iter(index.columns)).name == lead, (table.name, index.name)
