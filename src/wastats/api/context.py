@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from wastats.domain import auth
 from wastats.settings import Settings
+from wastats.store.accounts import AccountRow
 from wastats.store.db import Database
 
 if TYPE_CHECKING:
@@ -34,6 +36,32 @@ class AppContext:
 
     def now(self) -> int:
         return int(self.clock())
+
+    def issue_token(
+        self, client_id: str, client_secret: str, ip: str
+    ) -> auth.IssuedToken | auth.TokenRefusal:
+        """A token for client credentials under the configured lifetime and lockout (blocking:
+        call through `run`). The compatible API and the dashboard's sign-in share it."""
+        s = self.settings
+        with self.db.write() as conn:
+            return auth.issue_token(
+                conn,
+                client_id=client_id,
+                client_secret=client_secret,
+                ip=ip,
+                now=self.now(),
+                lifetime=s.token_lifetime_seconds,
+                lockout=auth.LockoutPolicy(
+                    threshold=s.lockout_threshold,
+                    window_seconds=s.lockout_window_seconds,
+                    lock_seconds=s.lockout_seconds,
+                ),
+            )
+
+    def authenticate(self, token: str) -> AccountRow | None:
+        """The account of a live token, or None (blocking: call through `run`)."""
+        with self.db.read() as conn:
+            return auth.authenticate(conn, token, self.now())
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking database work off the event loop."""

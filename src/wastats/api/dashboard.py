@@ -216,37 +216,12 @@ async def _form(request: Request) -> dict[str, str] | None:
 # --- sessions -------------------------------------------------------------------------------
 
 
-def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
-    with ctx.db.read() as conn:
-        return auth.authenticate(conn, token, ctx.now())
-
-
 async def _session_account(request: Request) -> AccountRow | None:
     token = request.cookies.get(SESSION_COOKIE, "").strip()
     if not token:
         return None
     ctx = context_of(request)
-    return await ctx.run(_authenticate, ctx, token)
-
-
-def _issue(
-    ctx: AppContext, client_id: str, client_secret: str, ip: str
-) -> auth.IssuedToken | auth.TokenRefusal:
-    s = ctx.settings
-    with ctx.db.write() as conn:
-        return auth.issue_token(
-            conn,
-            client_id=client_id,
-            client_secret=client_secret,
-            ip=ip,
-            now=ctx.now(),
-            lifetime=s.token_lifetime_seconds,
-            lockout=auth.LockoutPolicy(
-                threshold=s.lockout_threshold,
-                window_seconds=s.lockout_window_seconds,
-                lock_seconds=s.lockout_seconds,
-            ),
-        )
+    return await ctx.run(ctx.authenticate, token)
 
 
 def _revoke(ctx: AppContext, token: str) -> None:
@@ -307,7 +282,7 @@ async def login(request: Request) -> Response:
             status_code=400,
         )
     ctx = context_of(request)
-    result = await ctx.run(_issue, ctx, client_id, client_secret, client_ip(request))
+    result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
     if result is auth.TokenRefusal.LOCKED_OUT:
         return _login_page(
             request,

@@ -113,7 +113,7 @@ async def access_token(request: Request) -> JSONResponse:
             Reason.BAD_CREDENTIALS_OR_BODY,
             "the body must be a JSON object with string client_id and client_secret",
         )
-    result = await ctx.run(_issue, ctx, client_id, client_secret, client_ip(request))
+    result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
     if result is auth.TokenRefusal.LOCKED_OUT:
         return fail(Reason.TOKEN_OR_LOCKOUT, result.value)
     if result is auth.TokenRefusal.BAD_CREDENTIALS:
@@ -130,38 +130,13 @@ async def access_token(request: Request) -> JSONResponse:
     )
 
 
-def _issue(
-    ctx: AppContext, client_id: str, client_secret: str, ip: str
-) -> auth.IssuedToken | auth.TokenRefusal:
-    s = ctx.settings
-    with ctx.db.write() as conn:
-        return auth.issue_token(
-            conn,
-            client_id=client_id,
-            client_secret=client_secret,
-            ip=ip,
-            now=ctx.now(),
-            lifetime=s.token_lifetime_seconds,
-            lockout=auth.LockoutPolicy(
-                threshold=s.lockout_threshold,
-                window_seconds=s.lockout_window_seconds,
-                lock_seconds=s.lockout_seconds,
-            ),
-        )
-
-
 async def bearer_account(request: Request) -> AccountRow | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     ctx = context_of(request)
-    return await ctx.run(_authenticate, ctx, token.strip())
-
-
-def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
-    with ctx.db.read() as conn:
-        return auth.authenticate(conn, token, ctx.now())
+    return await ctx.run(ctx.authenticate, token.strip())
 
 
 def no_token() -> JSONResponse:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
-from wastats.domain import auth, reporting
+from wastats.domain import reporting
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
@@ -62,12 +62,7 @@ async def current_account(request: Request) -> AccountRow | None:
     if not token:
         return None
     ctx = context_of(request)
-    return await ctx.run(_authenticate, ctx, token)
-
-
-def _authenticate(ctx: AppContext, token: str) -> AccountRow | None:
-    with ctx.db.read() as conn:
-        return auth.authenticate(conn, token, ctx.now())
+    return await ctx.run(ctx.authenticate, token)
 
 
 # --- schemas (for the OpenAPI document) -------------------------------------------------------
