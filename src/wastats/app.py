@@ -26,6 +26,7 @@ from wastats.api.observability import (
     install_observability,
     request_id_of,
 )
+from wastats.api.problems import problem
 from wastats.api.webhooks import whatsapp_webhook
 from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
@@ -98,21 +99,13 @@ def create_app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such path: {request.url.path}"
-        response = _problem(exc.status_code, detail.split(":")[0].title(), detail)
+        response = problem(exc.status_code, detail.split(":")[0].title(), detail)
         # Keep what the exception says about the protocol, e.g. `Allow` on a 405.
         response.headers.update(exc.headers or {})
         return response
@@ -121,13 +114,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _problem(422, "Invalid request", f"{where}: {first.get('msg')}")
+        return problem(422, "Invalid request", f"{where}: {first.get('msg')}")
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
         count_database_error(request)
         log.error("database error on %s: %s", request.url.path, exc.orig)
-        return _problem(503, "Service Unavailable", "the database is unavailable; retry later")
+        return problem(503, "Service Unavailable", "the database is unavailable; retry later")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -141,7 +134,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             request.url.path,
             extra={"request_id": request_id},
         )
-        response = _problem(500, "Internal Server Error", "unexpected error; it has been logged")
+        response = problem(500, "Internal Server Error", "unexpected error; it has been logged")
         if request_id:
             response.headers["X-Request-ID"] = request_id
         return response

@@ -6,6 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from wastats.api.problems import problem_body
+
 
 class BodyTooLarge(Exception):
     pass
@@ -16,9 +18,7 @@ def too_large_body(path: str, limit: int) -> bytes:
     if path.startswith("/api/"):
         # The compatible API answers in its own envelope even for transport faults.
         return json.dumps({"status": "FAIL", "reason": 2, "message": message}).encode()
-    return json.dumps(
-        {"type": "about:blank", "title": "Payload Too Large", "status": 413, "detail": message}
-    ).encode()
+    return json.dumps(problem_body(413, "Payload Too Large", message)).encode()
 
 
 class BodyLimitMiddleware:

@@ -12,32 +12,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
+from wastats.api.problems import PROBLEM, problem
 from wastats.domain import reporting
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/v1", tags=["statistics (v1)"])
-
-PROBLEM = "application/problem+json"
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def unauthorized() -> JSONResponse:

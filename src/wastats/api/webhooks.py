@@ -11,23 +11,16 @@ import hmac
 import logging
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 
 from wastats.api.context import context_of
+from wastats.api.problems import problem
 from wastats.ingest.service import IngestUnavailable
 from wastats.whatsapp.signature import verify_signature
 
 log = logging.getLogger(__name__)
 
 _ACCEPTED = Response(b'{"status":"ok"}', media_type="application/json")
-
-
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
 
 
 async def whatsapp_webhook(request: Request) -> Response:
@@ -39,19 +32,19 @@ async def whatsapp_webhook(request: Request) -> Response:
         # Not 401: nothing is wrong with Meta's request. 503 makes Meta retry (for up to 7
         # days) until the operator sets the secret, so no event is lost meanwhile.
         log.error("webhook refused: WASTATS_META_APP_SECRET is not set")
-        return _problem(503, "Service Unavailable", "the webhook secret is not configured")
+        return problem(503, "Service Unavailable", "the webhook secret is not configured")
     raw = await request.body()
     signature = request.headers.get("x-hub-signature-256")
     if not verify_signature(secret.get_secret_value().encode(), raw, signature):
         what = "missing" if not signature else "invalid"
-        return _problem(401, "Unauthorized", f"{what} X-Hub-Signature-256 signature")
+        return problem(401, "Unauthorized", f"{what} X-Hub-Signature-256 signature")
     ingest = ctx.ingest
     if ingest is None:
-        return _problem(503, "Service Unavailable", "ingestion is not running")
+        return problem(503, "Service Unavailable", "ingestion is not running")
     try:
         await ingest.accept(raw)
     except IngestUnavailable as exc:
-        return _problem(503, "Service Unavailable", f"{exc}; retry later")
+        return problem(503, "Service Unavailable", f"{exc}; retry later")
     return _ACCEPTED
 
 
