@@ -10,6 +10,7 @@ from wastats.domain.accounts import get_account, load_zone
 from wastats.domain.errors import Conflict, InvalidInput, NotFound
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import counts as counts_repo
+from wastats.store import facts as facts_repo
 from wastats.store import numbers as repo
 from wastats.store.numbers import NumberRow
 
@@ -57,7 +58,8 @@ def add_number(
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
     # building its rollups now makes all of that history visible at once.
-    rollups = counts_repo.rollups_from_units(conn, phone_number_id, load_zone(account.timezone))
+    units = facts_repo.all_units(conn, phone_number_id).values()
+    rollups = counts_repo.rollups_of(phone_number_id, units, load_zone(account.timezone))
     counts_repo.replace_rollups(conn, phone_number_id, rollups)
     return number
 

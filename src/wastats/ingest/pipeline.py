@@ -22,12 +22,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
 
 from wastats.counting import rules
-from wastats.counting.calendar import month_of
 from wastats.counting.model import CountedUnit, StatusFact
 from wastats.domain.accounts import load_zone
 from wastats.ingest.identity import CustomerHasher, country_of_bsuid, country_of_phone
@@ -181,8 +179,10 @@ class Pipeline:
         for number, before, after in changes:
             zone = zones.get(number)
             if zone is not None:
-                _add_delta(deltas, number, zone, before, -1)
-                _add_delta(deltas, number, zone, after, +1)
+                if before is not None:
+                    deltas[counts_repo.rollup_key(number, before, zone)] -= 1
+                if after is not None:
+                    deltas[counts_repo.rollup_key(number, after, zone)] += 1
         counts_repo.apply_deltas(conn, deltas)
         return len(changes)
 
@@ -365,15 +365,3 @@ class Pipeline:
         ]
         changes += [(n, old.get((n, unit.unit_key)), unit) for n, unit in upserts]
         return changes
-
-
-def _add_delta(
-    deltas: Counter[counts_repo.RollupKey],
-    number: str,
-    zone: ZoneInfo,
-    unit: CountedUnit | None,
-    sign: int,
-) -> None:
-    if unit is not None:
-        month = month_of(unit.timestamp, zone)
-        deltas[(number, month, unit.bucket.value, unit.category, unit.pricing_type)] += sign

@@ -8,15 +8,11 @@ after a rules change (a new version of the counting rules) this is how history i
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
 from wastats.counting import rules
-from wastats.counting.calendar import month_of
-from wastats.counting.model import CountedUnit
 from wastats.domain.accounts import load_zone
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
@@ -61,7 +57,7 @@ def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> N
     if registered:
         zone = load_zone(zones[phone_number_id])
         # From the *expected* units, so a repair of units also repairs the rollups.
-        should = _rollups(phone_number_id, expected, zone)
+        should = counts_repo.rollups_of(phone_number_id, expected.values(), zone)
         have = counts_repo.rollup_rows(conn, phone_number_id)
         rollups_differing = sum(
             1 for key in should.keys() | have.keys() if should.get(key, 0) != have.get(key, 0)
@@ -77,16 +73,6 @@ def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> N
         units_changed=len(changed),
         rollup_rows_differing=rollups_differing,
     )
-
-
-def _rollups(
-    phone_number_id: str, units: dict[str, CountedUnit], zone: ZoneInfo
-) -> dict[counts_repo.RollupKey, int]:
-    rows: Counter[counts_repo.RollupKey] = Counter()
-    for unit in units.values():
-        month = month_of(unit.timestamp, zone)
-        rows[(phone_number_id, month, unit.bucket.value, unit.category, unit.pricing_type)] += 1
-    return dict(rows)
 
 
 def numbers_to_recount(conn: Connection, account_id: int | None) -> list[str]:

@@ -8,16 +8,16 @@ full rebuild of one number from its counted units (on registration and on `wasta
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, delete, func, select
 
 from wastats.counting.calendar import month_of
+from wastats.counting.model import CountedUnit
 from wastats.store.schema import (
     account_monthly_counts,
     business_numbers,
-    counted_units,
     monthly_counts,
 )
 from wastats.store.sql import chunks, insert_for
@@ -224,22 +224,19 @@ def rollup_rows(conn: Connection, phone_number_id: str) -> dict[RollupKey, int]:
     return {(r[0], int(r[1]), r[2], r[3], r[4]): int(r[5]) for r in rows}
 
 
-def rollups_from_units(
-    conn: Connection, phone_number_id: str, zone: ZoneInfo
+def rollup_key(phone_number_id: str, unit: CountedUnit, zone: ZoneInfo) -> RollupKey:
+    """The rollup row a counted unit adds to: its number, its month in the account's zone,
+    its bucket, category and pricing type. The one definition used by the pipeline's deltas,
+    by registration and by recount."""
+    month = month_of(unit.timestamp, zone)
+    return (phone_number_id, month, unit.bucket.value, unit.category, unit.pricing_type)
+
+
+def rollups_of(
+    phone_number_id: str, units: Iterable[CountedUnit], zone: ZoneInfo
 ) -> dict[RollupKey, int]:
-    """What the rollups of one number must be, computed from its counted units."""
-    expected: dict[RollupKey, int] = defaultdict(int)
-    rows = conn.execute(
-        select(
-            counted_units.c.ts,
-            counted_units.c.bucket,
-            counted_units.c.category,
-            counted_units.c.pricing_type,
-        ).where(counted_units.c.phone_number_id == phone_number_id)
-    )
-    for ts, bucket, category, pricing_type in rows:
-        expected[(phone_number_id, month_of(int(ts), zone), bucket, category, pricing_type)] += 1
-    return dict(expected)
+    """What the rollups of one number must be, given all its counted units."""
+    return dict(Counter(rollup_key(phone_number_id, unit, zone) for unit in units))
 
 
 def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[RollupKey, int]) -> None:
