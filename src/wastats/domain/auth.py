@@ -66,21 +66,12 @@ def issue_token(
     """A new token for valid credentials; a refusal otherwise. Older tokens stay valid."""
     if repo.locked_until(conn, ip) > now:
         return TokenRefusal.LOCKED_OUT
-    if not (is_storable(client_id) and is_storable(client_secret)):
-        # A NUL or a lone surrogate can't be in any issued credential, and PostgreSQL refuses
-        # NUL in text: refuse it as a wrong guess (it counts) without looking it up.
-        repo.record_failure(
-            conn,
-            ip=ip,
-            now=now,
-            window=lockout.window_seconds,
-            threshold=lockout.threshold,
-            lock_seconds=lockout.lock_seconds,
-        )
-        return TokenRefusal.BAD_CREDENTIALS
-    account = repo.get_account_by_client_id(conn, client_id)
+    # A NUL or a lone surrogate can't be in any issued credential (and PostgreSQL refuses NUL
+    # in text): such a guess is simply wrong, and counts, without being looked up.
+    storable = is_storable(client_id) and is_storable(client_secret)
+    account = repo.get_account_by_client_id(conn, client_id) if storable else None
     expected = account.secret_hash if account else _DUMMY_HASH
-    secret_ok = hmac.compare_digest(hash_secret(client_secret), expected)
+    secret_ok = storable and hmac.compare_digest(hash_secret(client_secret), expected)
     if account is None or not secret_ok:
         repo.record_failure(
             conn,
