@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from wastats.domain.errors import DomainError, InvalidInput
 from wastats.settings import ConfigurationError, Settings, load_settings
 from wastats.store.db import Database
-from wastats.store.migrate import SchemaOutOfDate, check_schema_current
+from wastats.store.migrate import SchemaOutOfDate, check_schema_current, upgrade
 
 console = Console()
 errors = Console(stderr=True)
@@ -37,16 +37,11 @@ def now() -> int:
     return int(time.time())
 
 
-@contextmanager
-def database(*, write: bool, migrate: bool = False) -> Iterator[Connection]:
-    """A transaction on the configured database, committed when the command's work is done.
-
-    Domain errors, configuration errors and an unreachable database become one-line messages.
-    """
+def open_database(*, migrate: bool = False) -> Database:
+    """The configured database, migrated first if asked, refused (one line) if its schema is
+    not the one this wastats needs or it cannot be reached. The caller disposes of it."""
     s = settings()
     if migrate:
-        from wastats.store.migrate import upgrade
-
         try:
             upgrade(s.database_url)
         except OperationalError as exc:
@@ -54,10 +49,25 @@ def database(*, write: bool, migrate: bool = False) -> Iterator[Connection]:
     db = Database(s.database_url, pool_size=1)
     try:
         check_schema_current(db)
+    except SchemaOutOfDate as exc:
+        db.dispose()
+        fail(str(exc))
+    except OperationalError as exc:
+        db.dispose()
+        fail(f"database error: {exc.orig}")
+    return db
+
+
+@contextmanager
+def database(*, write: bool, migrate: bool = False) -> Iterator[Connection]:
+    """A transaction on the configured database, committed when the command's work is done.
+
+    Domain errors, configuration errors and an unreachable database become one-line messages.
+    """
+    db = open_database(migrate=migrate)
+    try:
         with db.write() if write else db.read() as conn:
             yield conn
-    except SchemaOutOfDate as exc:
-        fail(str(exc))
     except (DomainError, InvalidInput) as exc:
         fail(str(exc))
     except OperationalError as exc:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
-from wastats.cli.common import console, database, fail, now, settings
+from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
 from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
 from wastats.ingest.importer import ImportReport, import_file
@@ -21,7 +21,6 @@ from wastats.ingest.recount import numbers_to_recount, recount_number
 from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
-from wastats.store.migrate import SchemaOutOfDate, check_schema_current, upgrade
 
 events_app = typer.Typer(help="Stored webhook bodies: rejected ones, replay.", no_args_is_help=True)
 
@@ -32,16 +31,7 @@ def _pipeline_and_db() -> tuple[Pipeline, Database]:
         hasher = CustomerHasher(load_secret_key(s))
     except SecretKeyMissing as exc:
         fail(str(exc))
-    try:
-        upgrade(s.database_url)
-    except OperationalError as exc:
-        fail(f"cannot reach the database: {exc.orig}")
-    db = Database(s.database_url, pool_size=1)
-    try:
-        check_schema_current(db)
-    except SchemaOutOfDate as exc:
-        fail(str(exc))
-    return Pipeline(hasher), db
+    return Pipeline(hasher), open_database(migrate=True)
 
 
 def import_command(
@@ -113,8 +103,7 @@ def recount_command(
     with database(write=False) as conn:
         account_id = get_account(conn, account).id if account else None
         numbers = numbers_to_recount(conn, account_id)
-    s = settings()
-    db = Database(s.database_url, pool_size=1)
+    db = open_database()
     table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
                   "rollup rows off")  # fmt: skip
     differing = 0

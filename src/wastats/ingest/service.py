@@ -56,7 +56,6 @@ class IngestStats:
     inbound: int = 0
     process_errors: int = 0
     newest_event: int = 0
-    last_commit: float = 0.0
 
 
 class IngestService:
@@ -193,7 +192,6 @@ class IngestService:
             return
         self.stats.accepted += len(new_ids)
         self.stats.duplicates += len(batch) - len(new_ids)
-        self.stats.last_commit = time.time()
         # Bodies that were already stored (retries, duplicates) need no processing.
         self._track(-(len(batch) - len(new_ids)))
         if new_ids:

@@ -29,7 +29,6 @@ Pair = tuple[str, str]
 """(phone_number_id, key): every fact and unit is addressed by its number first, so one query
 serves a whole batch of numbers (row-value IN), not one query per number."""
 PAIR_CHUNK = 400  # two bound parameters per pair
-StatusRow = dict[str, Any]
 
 INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
 STATUS_COLUMNS = ("phone_number_id", "message_key", "status", "ts", "conversation_id",
