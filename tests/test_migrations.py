@@ -64,3 +64,87 @@ def test_every_tenant_table_leads_its_keys_with_the_tenant_or_number() -> None:
         assert table.primary_key.columns.keys()[0] == lead, table.name
         for index in table.indexes:
             assert next(iter(index.columns)).name == lead, (table.name, index.name)
+
+
+# --- 0004: status rows become one row per message -------------------------------------------
+
+_OLD_STATUS_ROWS = [
+    # (number, message_key, status, ts, conversation_id, origin, expiration, model, type,
+    #  category, billable, user_key, country)
+    ("111", "m1", "sent", 100, "c1", "marketing", 86_500, "CBP", "regular", "marketing", True,
+     "u1", "IL"),
+    ("111", "m1", "delivered", 101, "c1", None, None, "CBP", "regular", "marketing", True,
+     "u1", "IL"),
+    ("111", "m2", "read", 300, None, None, None, "PMP", "free_customer_service", "utility",
+     False, "u2", None),
+    ("222", "m1", "delivered", 400, None, None, None, None, None, "בדיקה", None, None, None),
+]  # fmt: skip
+
+
+def _migrate_status_rows(url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from wastats.store import facts as facts_repo
+    from wastats.store.migrate import alembic_config
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0003")
+            columns = ("phone_number_id, message_key, status, ts, conversation_id, "
+                       "conversation_origin, expiration_ts, pricing_model, pricing_type, "
+                       "pricing_category, billable, user_key, country")  # fmt: skip
+            marks = ", ".join(f":p{i}" for i in range(13))
+            conn.execute(
+                text(f"INSERT INTO message_statuses ({columns}) VALUES ({marks})"),
+                [{f"p{i}": v for i, v in enumerate(row)} for row in _OLD_STATUS_ROWS],
+            )
+            command.upgrade(alembic_config(conn), "head")
+
+            stored = facts_repo.statuses_of(conn, [("111", "m1"), ("111", "m2"), ("222", "m1")])
+            as_rows = sorted(
+                (number, f.message_key, f.status, f.timestamp, f.conversation_id,
+                 f.conversation_origin, f.expiration_timestamp, f.pricing_model, f.pricing_type,
+                 f.pricing_category, f.billable, f.user_key, f.country)
+                for (number, _), facts in stored.items()
+                for f in facts
+            )  # fmt: skip
+            assert as_rows == sorted(_OLD_STATUS_ROWS)
+            assert facts_repo.messages_in_conversations(conn, [("111", "c1")]) == {
+                ("111", "c1"): {"m1"}
+            }
+            # The migrated text is what the application itself writes for the same statuses.
+            for (number, key), facts in stored.items():
+                [text_value] = conn.execute(
+                    text("SELECT statuses FROM message_facts WHERE phone_number_id = :n "
+                         "AND message_key = :k"), {"n": number, "k": key},
+                ).scalars()  # fmt: skip
+                assert text_value == facts_repo.encode_statuses(facts)
+
+            command.downgrade(alembic_config(conn), "0003")
+            back = conn.execute(text(f"SELECT {columns} FROM message_statuses")).all()
+            assert sorted(tuple(r[:10]) + (None if r[10] is None else bool(r[10]),) +
+                          tuple(r[11:]) for r in back) == sorted(_OLD_STATUS_ROWS)  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def test_status_rows_move_to_message_facts_and_back_sqlite(tmp_path: Path) -> None:
+    _migrate_status_rows(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_status_rows_move_to_message_facts_and_back_postgresql(
+    pg_cluster: PostgresCluster,
+) -> None:
+    import psycopg
+
+    name = "migrate_0004"
+    with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        _migrate_status_rows(pg_cluster.url(name))
+    finally:
+        drop_postgres_database(pg_cluster, name)

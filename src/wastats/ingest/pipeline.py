@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -68,6 +68,8 @@ class BatchReport:
     statuses: int = 0
     units_changed: int = 0
     newest_event: int = 0
+    rejected_ids: list[int] = field(default_factory=list)
+    """Inbox ids of the bodies marked rejected."""
 
     def add(self, other: BatchReport) -> None:
         self.bodies += other.bodies
@@ -76,6 +78,7 @@ class BatchReport:
         self.statuses += other.statuses
         self.units_changed += other.units_changed
         self.newest_event = max(self.newest_event, other.newest_event)
+        self.rejected_ids += other.rejected_ids
 
 
 def _clip(value: str | None, size: int) -> str | None:
@@ -117,6 +120,7 @@ class Pipeline:
             events = len(parsed.inbound) + len(parsed.statuses)
             if problems:
                 report.rejected += 1
+                report.rejected_ids.append(inbox_id)
             outcomes.append(
                 inbox_repo.Outcome(
                     id=inbox_id,
@@ -141,40 +145,55 @@ class Pipeline:
             for number, zone in numbers_repo.zones_of(conn, per_number).items()
         }
         users: dict[str, set[str]] = defaultdict(set)
+        # Customers and messages that may already have counted units. A unit exists only where
+        # its facts were stored, so a customer or message new to the database has none to look
+        # up (in a backfill, nearly all of them). Relinked customers keep sessions under the
+        # old key until recomputed, so they are always looked up.
+        had_units: set[Pair] = set()
         links = set().union(*(batch.links for batch in per_number.values()))
         for number, bsuid_key, wa_key in facts_repo.insert_links(conn, links):
             facts_repo.relink(conn, number, bsuid_key, wa_key)
             users[number].update((bsuid_key, wa_key))
+            had_units.update(((number, bsuid_key), (number, wa_key)))
         self._resolve_bsuids(conn, per_number)
 
         inbound = [row for batch in per_number.values() for row in batch.inbound if row["user_key"]]
         for row in inbound:
             users[row["phone_number_id"]].add(row["user_key"])
-        facts = [(number, f) for number, batch in per_number.items() for f in batch.statuses]
-        messages: dict[str, set[str]] = defaultdict(set)
-        for number, fact in facts:
-            messages[number].add(fact.message_key)
-
-        # The facts stored before this batch (a fresh import finds none), merged with the
-        # batch's own exactly as the database keeps them: a row whose key is already stored,
-        # or repeated within the batch, is ignored (ON CONFLICT DO NOTHING, first one wins).
-        # This spares reading back everything just written.
+        # The batch's statuses per message, merged with what is stored of the same messages (one
+        # row per message holds all its statuses, so this is a single read for the batch).
+        batch_statuses: dict[Pair, set[StatusFact]] = defaultdict(set)
+        for number, batch in per_number.items():
+            for fact in batch.statuses:
+                batch_statuses[(number, fact.message_key)].add(fact)
+        # The inbound facts stored before this batch (a fresh import finds none), merged with the
+        # batch's own exactly as the database keeps them: a wamid already stored, or repeated
+        # within the batch, is ignored (ON CONFLICT DO NOTHING, first one wins).
         times = facts_repo.inbound_facts(conn, [(n, u) for n, us in users.items() for u in us])
+        had_units.update(times)
         for row in inbound:
             per_user = times.setdefault((row["phone_number_id"], row["user_key"]), {})
             per_user.setdefault(row["wamid"], (row["ts"], row["country"]))
-        statuses = facts_repo.statuses_of(conn, [(n, f.message_key) for n, f in facts])
-        seen = {key: {(f.status, f.timestamp) for f in known} for key, known in statuses.items()}
-        for number, fact in facts:
-            key = (number, fact.message_key)
-            keys = seen.setdefault(key, set())
-            if (fact.status, fact.timestamp) not in keys:
-                keys.add((fact.status, fact.timestamp))
-                statuses.setdefault(key, []).append(fact)
+        statuses = facts_repo.statuses_of(conn, batch_statuses)
+        had_units.update(statuses)
+        grown: list[tuple[str, str, list[StatusFact]]] = []
+        for (number, message_key), new in batch_statuses.items():
+            stored = statuses.get((number, message_key))
+            if stored is not None and new.issubset(stored):
+                continue  # every status already known: the message is unchanged
+            merged = list(new.union(stored)) if stored is not None else list(new)
+            statuses[(number, message_key)] = merged
+            grown.append((number, message_key, merged))
         facts_repo.insert_inbound(conn, inbound)
-        facts_repo.insert_statuses(conn, facts)
+        facts_repo.write_messages(conn, grown)
+        # Only messages that learned something can count differently.
+        messages: dict[str, set[str]] = defaultdict(set)
+        for number, message_key, _ in grown:
+            messages[number].add(message_key)
 
-        changes = self.recompute(conn, users, messages, times=times, statuses=statuses)
+        changes = self.recompute(
+            conn, users, messages, times=times, statuses=statuses, had_units=had_units
+        )
         deltas: Counter[counts_repo.RollupKey] = Counter()
         for number, before, after in changes:
             zone = zones.get(number)
@@ -204,8 +223,8 @@ class Pipeline:
                     row["user_key"] = linked[(number, row["bsuid_key"])]
             for index, key in batch.bsuid_only:
                 if (number, key) in linked:
-                    batch.statuses[index] = replace(
-                        batch.statuses[index], user_key=linked[(number, key)]
+                    batch.statuses[index] = batch.statuses[index]._replace(
+                        user_key=linked[(number, key)]
                     )
 
     # --- events → fact rows ---------------------------------------------------------------------
@@ -312,10 +331,14 @@ class Pipeline:
         *,
         times: dict[Pair, dict[str, tuple[int, str | None]]],
         statuses: dict[Pair, list[StatusFact]],
+        had_units: set[Pair],
     ) -> list[tuple[str, CountedUnit | None, CountedUnit | None]]:
         """Recompute the units of these customers and messages (and of the CBP conversations the
         messages belong to) from all their facts (`times`, `statuses`: everything stored plus
-        this batch); write them and return the changes as (number, before, after)."""
+        this batch); write them and return the changes as (number, before, after).
+
+        `had_units`: the customers and messages that had facts before this batch, the only ones
+        whose stored units need reading."""
         new: dict[Pair, CountedUnit] = {}
         old: dict[Pair, CountedUnit] = {}
 
@@ -326,8 +349,9 @@ class Pipeline:
                 user, (t for t, _ in seen), rules.user_country(seen)
             ):
                 new[(number, unit.unit_key)] = unit
-        if customers:
-            old.update(facts_repo.session_units_of(conn, customers))
+        known = [c for c in customers if c in had_units]
+        if known:
+            old.update(facts_repo.session_units_of(conn, known))
 
         conversations: set[Pair] = set()
         unit_keys: set[Pair] = set()
@@ -338,7 +362,8 @@ class Pipeline:
                 billable = rules.message_unit(facts) if facts else None
                 if billable is not None:
                     new[(number, billable.unit_key)] = billable
-                unit_keys.add((number, f"P:{message_key}"))
+                if (number, message_key) in had_units:
+                    unit_keys.add((number, f"P:{message_key}"))
         if conversations:
             members = facts_repo.messages_in_conversations(conn, conversations)
             missing = {(n, m) for (n, _), keys in members.items() for m in keys} - statuses.keys()

@@ -8,10 +8,11 @@ Every query is scoped by `phone_number_id` first, which is also the leading colu
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, delete, select, union, update
 
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
@@ -19,7 +20,8 @@ from wastats.store.schema import (
     business_numbers,
     counted_units,
     inbound_messages,
-    message_statuses,
+    message_conversations,
+    message_facts,
     user_links,
 )
 from wastats.store.sql import chunks, insert_for, insert_ignore_sql, pairs_clause
@@ -31,9 +33,10 @@ serves a whole batch of numbers (row-value IN), not one query per number."""
 PAIR_CHUNK = 400  # two bound parameters per pair
 
 INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
-STATUS_COLUMNS = ("phone_number_id", "message_key", "status", "ts", "conversation_id",
-                  "conversation_origin", "expiration_ts", "pricing_model", "pricing_type",
-                  "pricing_category", "billable", "user_key", "country")  # fmt: skip
+STATUS_FIELDS = ("status", "ts", "conversation_id", "conversation_origin", "expiration_ts",
+                 "pricing_model", "pricing_type", "pricing_category", "billable", "user_key",
+                 "country")  # fmt: skip
+"""The order of a status row in `message_facts.statuses` (a JSON array of such rows)."""
 
 
 _inbound_values = itemgetter(*INBOUND_COLUMNS)
@@ -46,31 +49,70 @@ def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
         conn.exec_driver_sql(sql, [_inbound_values(r) for r in rows])
 
 
-def insert_statuses(conn: Connection, facts: Sequence[tuple[str, StatusFact]]) -> None:
-    """Insert (phone_number_id, fact) status facts."""
-    if facts:
-        sql = insert_ignore_sql(conn, message_statuses, STATUS_COLUMNS)
-        conn.exec_driver_sql(
-            sql,
-            [
-                (
-                    number,
-                    f.message_key,
-                    f.status,
-                    f.timestamp,
-                    f.conversation_id,
-                    f.conversation_origin,
-                    f.expiration_timestamp,
-                    f.pricing_model,
-                    f.pricing_type,
-                    f.pricing_category,
-                    f.billable,
-                    f.user_key,
-                    f.country,
-                )  # fmt: skip
-                for number, f in facts
-            ],
+# --- a message's statuses, stored together ---------------------------------------------------
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def encode_statuses(facts: Iterable[StatusFact]) -> str:
+    """The `message_facts.statuses` value of a set of statuses: distinct rows, sorted, so the
+    same set is always stored as the same text whatever order it arrived in."""
+    rows = {
+        _encode(
+            (
+                f.status,
+                f.timestamp,
+                f.conversation_id,
+                f.conversation_origin,
+                f.expiration_timestamp,
+                f.pricing_model,
+                f.pricing_type,
+                f.pricing_category,
+                f.billable,
+                f.user_key,
+                f.country,
+            )
+        )  # fmt: skip
+        for f in facts
+    }
+    return (b"[" + b",".join(sorted(rows)) + b"]").decode()
+
+
+def decode_statuses(message_key: str, stored: str) -> list[StatusFact]:
+    return [StatusFact(message_key, *row) for row in _decode(stored)]
+
+
+def write_messages(
+    conn: Connection, messages: Sequence[tuple[str, str, Collection[StatusFact]]]
+) -> None:
+    """Store (phone_number_id, message_key, every status known of it), replacing what was stored.
+
+    The caller passes the union of the stored statuses and the new ones, so a write never loses
+    a status; the conversation ids they carry are indexed in `message_conversations`."""
+    if not messages:
+        return
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    conn.exec_driver_sql(
+        f"INSERT INTO message_facts (phone_number_id, message_key, statuses) "
+        f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (phone_number_id, message_key) "
+        f"DO UPDATE SET statuses = excluded.statuses",
+        [
+            (number, key, encode_statuses(facts))
+            for number, key, facts in sorted(messages, key=itemgetter(0, 1))
+        ],
+    )
+    conversations = sorted({
+        (number, f.conversation_id, key)
+        for number, key, facts in messages
+        for f in facts
+        if f.conversation_id is not None
+    })  # fmt: skip
+    if conversations:
+        sql = insert_ignore_sql(
+            conn, message_conversations, ("phone_number_id", "conversation_id", "message_key")
         )
+        conn.exec_driver_sql(sql, conversations)
 
 
 # --- identity links ---------------------------------------------------------------------------
@@ -116,13 +158,27 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
         )
         .values(user_key=wa_key)
     )
-    conn.execute(
-        update(message_statuses)
-        .where(
-            message_statuses.c.phone_number_id == phone_number_id,
-            message_statuses.c.user_key == bsuid_key,
+    # A status row holds the customer inside the message's JSON: rewrite the rows that mention
+    # the BSUID key (a hex digest, so a LIKE match can only be that key).
+    rows = conn.execute(
+        select(message_facts.c.message_key, message_facts.c.statuses).where(
+            message_facts.c.phone_number_id == phone_number_id,
+            message_facts.c.statuses.like(f"%{bsuid_key}%"),
         )
-        .values(user_key=wa_key)
+    ).all()
+    write_messages(
+        conn,
+        [
+            (
+                phone_number_id,
+                key,
+                [
+                    f._replace(user_key=wa_key) if f.user_key == bsuid_key else f
+                    for f in decode_statuses(key, stored)
+                ],
+            )  # fmt: skip
+            for key, stored in rows
+        ],
     )
     conn.execute(
         update(counted_units)
@@ -161,53 +217,21 @@ def inbound_facts(
     return result
 
 
-_STATUS_COLUMNS = (
-    message_statuses.c.message_key,
-    message_statuses.c.status,
-    message_statuses.c.ts,
-    message_statuses.c.conversation_id,
-    message_statuses.c.conversation_origin,
-    message_statuses.c.expiration_ts,
-    message_statuses.c.pricing_model,
-    message_statuses.c.pricing_type,
-    message_statuses.c.pricing_category,
-    message_statuses.c.billable,
-    message_statuses.c.user_key,
-    message_statuses.c.country,
-)
-
-
-def _status_fact(row: Sequence[Any]) -> StatusFact:
-    return StatusFact(
-        message_key=row[0],
-        status=row[1],
-        timestamp=int(row[2]),
-        conversation_id=row[3],
-        conversation_origin=row[4],
-        expiration_timestamp=None if row[5] is None else int(row[5]),
-        pricing_model=row[6],
-        pricing_type=row[7],
-        pricing_category=row[8],
-        billable=None if row[9] is None else bool(row[9]),
-        user_key=row[10],
-        country=row[11],
-    )
-
-
 def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
-    """{(phone_number_id, message_key): [StatusFact]} of every stored status of these messages."""
-    result: dict[Pair, list[StatusFact]] = defaultdict(list)
+    """{(phone_number_id, message_key): [StatusFact]} of the stored messages among `pairs`."""
+    result: dict[Pair, list[StatusFact]] = {}
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
-            select(message_statuses.c.phone_number_id, *_STATUS_COLUMNS).where(
-                pairs_clause(
-                    message_statuses.c.phone_number_id, message_statuses.c.message_key, part
-                )
+            select(
+                message_facts.c.phone_number_id,
+                message_facts.c.message_key,
+                message_facts.c.statuses,
+            ).where(
+                pairs_clause(message_facts.c.phone_number_id, message_facts.c.message_key, part)
             )
         )
-        for row in rows:
-            fact = _status_fact(row[1:])
-            result[(row[0], fact.message_key)].append(fact)
+        for number, key, stored in rows:
+            result[(number, key)] = decode_statuses(key, stored)
     return result
 
 
@@ -218,18 +242,16 @@ def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[P
     for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
         rows = conn.execute(
             select(
-                message_statuses.c.phone_number_id,
-                message_statuses.c.conversation_id,
-                message_statuses.c.message_key,
-            )
-            .where(
+                message_conversations.c.phone_number_id,
+                message_conversations.c.conversation_id,
+                message_conversations.c.message_key,
+            ).where(
                 pairs_clause(
-                    message_statuses.c.phone_number_id, message_statuses.c.conversation_id, part
-                ),
-                # Spelled out so the planner can use the partial index on conversation_id.
-                message_statuses.c.conversation_id.is_not(None),
+                    message_conversations.c.phone_number_id,
+                    message_conversations.c.conversation_id,
+                    part,
+                )
             )
-            .distinct()
         )
         for number, conversation_id, message_key in rows:
             result[(number, conversation_id)].add(message_key)
@@ -358,7 +380,7 @@ def known_numbers(conn: Connection) -> list[str]:
     """Every phone_number_id with facts, units or a registration."""
     query = union(
         select(inbound_messages.c.phone_number_id),
-        select(message_statuses.c.phone_number_id),
+        select(message_facts.c.phone_number_id),
         select(counted_units.c.phone_number_id),
         select(business_numbers.c.phone_number_id),
     )
@@ -376,9 +398,11 @@ def all_inbound(conn: Connection, phone_number_id: str) -> list[tuple[str, int, 
 
 def all_statuses(conn: Connection, phone_number_id: str) -> list[StatusFact]:
     rows = conn.execute(
-        select(*_STATUS_COLUMNS).where(message_statuses.c.phone_number_id == phone_number_id)
+        select(message_facts.c.message_key, message_facts.c.statuses).where(
+            message_facts.c.phone_number_id == phone_number_id
+        )
     )
-    return [_status_fact(row) for row in rows]
+    return [fact for key, stored in rows for fact in decode_statuses(key, stored)]
 
 
 def all_units(conn: Connection, phone_number_id: str) -> dict[str, CountedUnit]:

@@ -29,7 +29,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    text,
 )
 
 # Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
@@ -162,33 +161,29 @@ inbound_messages = Table(
     Index(None, "phone_number_id", "user_key", "ts"),
 )
 
-message_statuses = Table(
-    "message_statuses",
+message_facts = Table(
+    "message_facts",
     metadata,
     Column("phone_number_id", String(64), nullable=False),
     # wamid, or wamid/participant-hash for group messages (one delivery per member)
     Column("message_key", String(200), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("ts", BigInteger, nullable=False),
-    Column("conversation_id", String(160)),
-    Column("conversation_origin", String(48)),
-    Column("expiration_ts", BigInteger),
-    Column("pricing_model", String(8)),
-    Column("pricing_type", String(48)),
-    Column("pricing_category", String(48)),
-    Column("billable", Boolean),
-    Column("user_key", String(32)),
-    Column("country", String(2)),
-    PrimaryKeyConstraint("phone_number_id", "message_key", "status", "ts"),
-    # Only CBP-era rows (and v23 per-message ids) carry a conversation id; since API v24 most
-    # statuses have none, and a partial index spares the hot path from indexing NULLs.
-    Index(
-        None,
-        "phone_number_id",
-        "conversation_id",
-        sqlite_where=text("conversation_id IS NOT NULL"),
-        postgresql_where=text("conversation_id IS NOT NULL"),
-    ),
+    # Every distinct status Meta sent for the message, as a JSON array of rows in the order of
+    # `wastats.store.facts.STATUS_FIELDS`, sorted. One row per message, not per status: the
+    # rules always read a message's statuses together, and one index entry per message instead
+    # of one per status is what lets a backfill keep up (docs/benchmarks.md, "Import").
+    Column("statuses", Text, nullable=False),
+    PrimaryKeyConstraint("phone_number_id", "message_key"),
+)
+
+message_conversations = Table(
+    "message_conversations",
+    metadata,
+    # Which messages carry which conversation id (Rule C gathers a conversation's members).
+    # Only CBP-era statuses, and some v23 ones, carry an id, so this table stays small.
+    Column("phone_number_id", String(64), nullable=False),
+    Column("conversation_id", String(160), nullable=False),
+    Column("message_key", String(200), nullable=False),
+    PrimaryKeyConstraint("phone_number_id", "conversation_id", "message_key"),
 )
 
 user_links = Table(
