@@ -18,7 +18,8 @@ REJECTED = "rejected"
 @dataclass(frozen=True, slots=True)
 class NewBody:
     sha256: str
-    body: bytes
+    body: bytes | None
+    """None: keep only the hash (an imported line: the file is the raw copy)."""
     source: str
     received_at: int
 
@@ -90,6 +91,15 @@ def load_bodies(
         )
         loaded.extend((int(id_), bytes(body)) for id_, body in rows)
     return loaded
+
+
+def keep_bodies(conn: Connection, bodies: dict[int, bytes]) -> None:
+    """Store the bodies of rows inserted without one (rejected import lines, for replay)."""
+    if bodies:
+        conn.execute(
+            update(inbox).where(inbox.c.id == bindparam("row_id")).values(body=bindparam("raw")),
+            [{"row_id": id_, "raw": raw} for id_, raw in sorted(bodies.items())],
+        )
 
 
 def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: int) -> None:
