@@ -114,13 +114,16 @@ def _migrate_status_rows(url: str) -> None:
             assert facts_repo.messages_in_conversations(conn, [("111", "c1")]) == {
                 ("111", "c1"): {"m1"}
             }
-            # The migrated text is what the application itself writes for the same statuses.
+            # The migrated text reads back as what the application itself writes.
             for (number, key), facts in stored.items():
                 [text_value] = conn.execute(
                     text("SELECT statuses FROM message_facts WHERE phone_number_id = :n "
                          "AND message_key = :k"), {"n": number, "k": key},
                 ).scalars()  # fmt: skip
-                assert text_value == facts_repo.encode_statuses(facts)
+                assert set(facts_repo.decode_statuses(key, text_value)) == set(
+                    facts_repo.decode_statuses(key, facts_repo.encode_statuses(facts))
+                )
+                assert text_value == facts_repo.encode_statuses(facts)  # the same order, too
 
             command.downgrade(alembic_config(conn), "0003")
             back = conn.execute(text(f"SELECT {columns} FROM message_statuses")).all()

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
 from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
-from wastats.ingest.importer import ImportReport, import_file
+from wastats.ingest.importer import ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import numbers_to_recount, recount_number
 from wastats.store import counts as counts_repo
@@ -52,15 +52,18 @@ def import_command(
     report = ImportReport()
     total = sum(f.stat().st_size for f in files)
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TextColumn("{task.fields[events]} events"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
+        with (
+            parsing_process(pipeline) as parser,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[events]} events"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            ) as progress,
+        ):
             task = progress.add_task("importing", total=total, events=0)
             for path in files:
                 progress.update(task, description=path.name)
@@ -73,7 +76,9 @@ def import_command(
                         events=report.counted.statuses + report.counted.inbound,
                     )
 
-                import_file(db, pipeline, path, now=now(), report=report, on_bytes=advance)
+                import_file(
+                    db, pipeline, path, now=now(), report=report, on_bytes=advance, parser=parser
+                )
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")
     finally:

@@ -43,6 +43,11 @@ class CustomerHasher:
         self.bsuid_key = lru_cache(maxsize=65_536)(self._bsuid_key)
         self.message_id = lru_cache(maxsize=65_536)(self._message_id)
 
+    @property
+    def key(self) -> bytes:
+        """The secret, for a helper process of this one that hashes the same way."""
+        return self._key
+
     def _digest(self, kind: bytes, value: str) -> str:
         # surrogatepass: a lone surrogate from a malformed body still hashes, deterministically.
         raw = value.encode("utf-8", "surrogatepass")

@@ -81,6 +81,16 @@ class BatchReport:
         self.rejected_ids += other.rejected_ids
 
 
+@dataclass
+class PreparedBatch:
+    """A batch of bodies parsed into facts, before any database work (picklable)."""
+
+    per_number: dict[str, NumberBatch]
+    outcomes: list[tuple[str, str | None, int]]
+    """(state, reason, events) of each body, in the order given."""
+    report: BatchReport
+
+
 def _clip(value: str | None, size: int) -> str | None:
     """A string as it can be stored: at most `size` characters (PostgreSQL enforces column
     widths), no NUL (PostgreSQL text refuses it) and no lone surrogate (not encodable), so one
@@ -106,12 +116,16 @@ class Pipeline:
         self, conn: Connection, bodies: Sequence[tuple[int, bytes]], now: int
     ) -> BatchReport:
         """Process inbox rows (id, raw body) and record each one's outcome."""
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_PROCESSING_LOCK})
+        prepared = self.prepare([raw for _, raw in bodies])
+        return self.store(conn, prepared, [inbox_id for inbox_id, _ in bodies], now)
+
+    def prepare(self, bodies: Sequence[bytes]) -> PreparedBatch:
+        """Parse bodies into facts: everything that needs no database (so `wastats import` runs
+        it in a second process, a chunk ahead of the one being stored)."""
         report = BatchReport(bodies=len(bodies))
         per_number: dict[str, NumberBatch] = defaultdict(NumberBatch)
-        outcomes: list[inbox_repo.Outcome] = []
-        for inbox_id, raw in bodies:
+        outcomes: list[tuple[str, str | None, int]] = []
+        for raw in bodies:
             parsed = parse_webhook(raw)
             skipped = self._collect(parsed, per_number, report)
             problems = parsed.reason()
@@ -120,15 +134,24 @@ class Pipeline:
             events = len(parsed.inbound) + len(parsed.statuses)
             if problems:
                 report.rejected += 1
-                report.rejected_ids.append(inbox_id)
-            outcomes.append(
-                inbox_repo.Outcome(
-                    id=inbox_id,
-                    state=inbox_repo.REJECTED if problems else inbox_repo.PROCESSED,
-                    reason=problems or None,
-                    events=events,
-                )
-            )
+            state = inbox_repo.REJECTED if problems else inbox_repo.PROCESSED
+            outcomes.append((state, problems or None, events))
+        return PreparedBatch(per_number, outcomes, report)
+
+    def store(
+        self, conn: Connection, prepared: PreparedBatch, inbox_ids: Sequence[int], now: int
+    ) -> BatchReport:
+        """Count a prepared batch and record the outcome of each body (`inbox_ids`: the inbox
+        row of each body given to `prepare`, in the same order)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_PROCESSING_LOCK})
+        report = prepared.report
+        per_number = prepared.per_number
+        outcomes = [
+            inbox_repo.Outcome(id=inbox_id, state=state, reason=reason, events=events)
+            for inbox_id, (state, reason, events) in zip(inbox_ids, prepared.outcomes, strict=True)
+        ]
+        report.rejected_ids = [o.id for o in outcomes if o.state == inbox_repo.REJECTED]
         report.units_changed = self.apply(conn, per_number)
         activity_repo.record(conn, {n: b.newest for n, b in per_number.items() if b.newest}, now)
         inbox_repo.record_outcomes(conn, outcomes, now)
@@ -151,8 +174,11 @@ class Pipeline:
         # old key until recomputed, so they are always looked up.
         had_units: set[Pair] = set()
         links = set().union(*(batch.links for batch in per_number.values()))
+        relinked: list[Pair] = []
         for number, bsuid_key, wa_key in facts_repo.insert_links(conn, links):
-            facts_repo.relink(conn, number, bsuid_key, wa_key)
+            relinked += [
+                (number, key) for key in facts_repo.relink(conn, number, bsuid_key, wa_key)
+            ]
             users[number].update((bsuid_key, wa_key))
             had_units.update(((number, bsuid_key), (number, wa_key)))
         self._resolve_bsuids(conn, per_number)
@@ -186,10 +212,15 @@ class Pipeline:
             grown.append((number, message_key, merged))
         facts_repo.insert_inbound(conn, inbound)
         facts_repo.write_messages(conn, grown)
-        # Only messages that learned something can count differently.
+        # Only messages that learned something, or changed customer, can count differently.
         messages: dict[str, set[str]] = defaultdict(set)
         for number, message_key, _ in grown:
             messages[number].add(message_key)
+        if relinked:
+            for number, message_key in relinked:
+                messages[number].add(message_key)
+            statuses.update(facts_repo.statuses_of(conn, set(relinked) - statuses.keys()))
+            had_units.update(relinked)
 
         changes = self.recompute(
             conn, users, messages, times=times, statuses=statuses, had_units=had_units

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 # Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
@@ -212,8 +213,15 @@ counted_units = Table(
     Column("country", String(2)),
     PrimaryKeyConstraint("phone_number_id", "unit_key"),
     Index(None, "phone_number_id", "ts"),
-    # Recomputing a customer's sessions, and unique-customer breakdowns, look units up by customer.
-    Index(None, "phone_number_id", "user_key"),
+    # Recomputing a customer's sessions looks them up by customer. Only sessions: an index entry
+    # per message unit would be one more random write per message (docs/benchmarks.md).
+    Index(
+        None,
+        "phone_number_id",
+        "user_key",
+        sqlite_where=text("kind = 'incoming'"),
+        postgresql_where=text("kind = 'incoming'"),
+    ),
 )
 
 number_activity = Table(

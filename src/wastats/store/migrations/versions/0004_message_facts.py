@@ -1,4 +1,5 @@
-"""message facts: one row per message holding all its statuses, instead of one row per status
+"""message facts: one row per message holding all its statuses, instead of one row per status;
+the customer index of counted units covers incoming sessions only
 
 Revision ID: 0004
 Revises: 0003
@@ -31,8 +32,10 @@ BATCH = 5_000
 
 
 def _encode(rows: Sequence[Sequence[Any]]) -> str:
-    parts = {json.dumps(list(row), separators=(",", ":"), ensure_ascii=False) for row in rows}
-    return "[" + ",".join(sorted(parts)) + "]"
+    """Distinct rows by time, then status: what the application writes."""
+    unique = {tuple(row) for row in rows}
+    ordered = sorted(unique, key=lambda row: (row[1], row[0]))
+    return json.dumps([list(row) for row in ordered], separators=(",", ":"), ensure_ascii=False)
 
 
 def _grouped(conn: sa.Connection) -> Iterator[tuple[str, str, list[list[Any]]]]:
@@ -95,9 +98,27 @@ def upgrade() -> None:
         "WHERE conversation_id IS NOT NULL"
     )
     op.drop_table("message_statuses")
+    # Message units change customer by being recomputed (like any other change of facts), not
+    # by an UPDATE through this index, so it needs to cover incoming sessions only.
+    with op.batch_alter_table("counted_units", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_user_key"))
+        batch_op.create_index(
+            batch_op.f("ix_counted_units_phone_number_id_user_key"),
+            ["phone_number_id", "user_key"],
+            unique=False,
+            sqlite_where=sa.text("kind = 'incoming'"),
+            postgresql_where=sa.text("kind = 'incoming'"),
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("counted_units", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_user_key"))
+        batch_op.create_index(
+            batch_op.f("ix_counted_units_phone_number_id_user_key"),
+            ["phone_number_id", "user_key"],
+            unique=False,
+        )
     op.create_table(
         "message_statuses",
         sa.Column("phone_number_id", sa.String(length=64), nullable=False),
