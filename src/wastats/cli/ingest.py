@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +45,14 @@ def import_command(
             readable=True,
         ),
     ],
+    parallel: Annotated[
+        bool,
+        typer.Option(
+            "--parallel",
+            help="Parse in a second process while this one stores: about a quarter faster on "
+            "two cores, for about 150 MB more memory.",
+        ),
+    ] = False,
 ) -> None:
     """Backfill webhook history from files. Idempotent: importing a file twice changes nothing.
 
@@ -53,7 +62,7 @@ def import_command(
     total = sum(f.stat().st_size for f in files)
     try:
         with (
-            parsing_process(pipeline) as parser,
+            parsing_process(pipeline) if parallel else nullcontext() as parser,
             Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
