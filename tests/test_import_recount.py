@@ -206,10 +206,12 @@ def _dump(url: str) -> dict[str, list[tuple[object, ...]]]:
 def test_parallel_import_stores_exactly_what_a_serial_one_does(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`--parallel` parses in a second process, chunks ahead: with tiny chunks, a message's
-    statuses and the re-imported lines fall in different chunks, and the outcome (facts, units,
-    rollups, inbox rows, the rejected line's body kept) must not change."""
+    """`--parallel` parses in a second process, chunks ahead: with tiny chunks and transactions,
+    a message's statuses and the re-imported lines fall in different chunks and transactions,
+    and the outcome (facts, units, rollups, inbox rows, the rejected line's body kept) must not
+    change."""
     monkeypatch.setattr(importer, "CHUNK_BYTES", 1500)
+    monkeypatch.setattr(importer, "COMMIT_BYTES", 4000)  # a transaction spans a few chunks
     history = tmp_path / "h.jsonl"
     write_history(history)
     lines = history.read_bytes().splitlines()
