@@ -11,6 +11,7 @@ repair. The number is registered before, during or after ingestion (spec: nothin
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import shutil
 import tempfile
@@ -205,3 +206,19 @@ def test_any_order_duplication_and_batching_give_the_reference_counts_postgresql
         run_case(pg_cluster.url(name), case)
     finally:
         drop_postgres_database(pg_cluster, name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=16, max_size=200), value=st.text())
+def test_customer_keys_are_hmac_sha256_of_the_secret(key: bytes, value: str) -> None:
+    """The hasher computes HMAC by hand from precomputed pads (for speed): it must be exactly
+    HMAC-SHA256, for short keys and for keys longer than SHA-256's block (hashed first), or
+    stored keys would stop matching after a change of implementation."""
+    hasher = CustomerHasher(key)
+    raw = value.encode("utf-8", "surrogatepass")
+    expected = {
+        kind: hmac.new(key, kind + raw, hashlib.sha256).hexdigest()[:32]
+        for kind in (b"bsuid:", b"wamid:")
+    }
+    assert hasher.bsuid_key(value) == expected[b"bsuid:"]
+    assert hasher.message_id(value) == expected[b"wamid:"]
