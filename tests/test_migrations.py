@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,18 +38,24 @@ def test_upgrade_from_empty_sqlite(tmp_path: Path) -> None:
     _check_fresh_upgrade(f"sqlite:///{tmp_path / 'fresh.db'}")
 
 
-@pytest.mark.postgres
-def test_upgrade_from_empty_postgresql(pg_cluster: PostgresCluster) -> None:
+def _on_empty_postgres_database(
+    pg_cluster: PostgresCluster, name: str, check: Callable[[str], None]
+) -> None:
+    """Run `check(url)` on a new, empty database (no template: migrations start from nothing)."""
     import psycopg
 
-    name = "fresh_upgrade"
     with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        _check_fresh_upgrade(pg_cluster.url(name))
+        check(pg_cluster.url(name))
     finally:
         drop_postgres_database(pg_cluster, name)
+
+
+@pytest.mark.postgres
+def test_upgrade_from_empty_postgresql(pg_cluster: PostgresCluster) -> None:
+    _on_empty_postgres_database(pg_cluster, "fresh_upgrade", _check_fresh_upgrade)
 
 
 def test_every_tenant_table_leads_its_keys_with_the_tenant_or_number() -> None:
@@ -141,13 +148,4 @@ def test_status_rows_move_to_message_facts_and_back_sqlite(tmp_path: Path) -> No
 def test_status_rows_move_to_message_facts_and_back_postgresql(
     pg_cluster: PostgresCluster,
 ) -> None:
-    import psycopg
-
-    name = "migrate_0004"
-    with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        _migrate_status_rows(pg_cluster.url(name))
-    finally:
-        drop_postgres_database(pg_cluster, name)
+    _on_empty_postgres_database(pg_cluster, "migrate_0004", _migrate_status_rows)

@@ -100,25 +100,24 @@ def upgrade() -> None:
     op.drop_table("message_statuses")
     # Message units change customer by being recomputed (like any other change of facts), not
     # by an UPDATE through this index, so it needs to cover incoming sessions only.
+    _replace_customer_index(sessions_only=True)
+
+
+def _replace_customer_index(*, sessions_only: bool) -> None:
+    where = {"sqlite_where": sa.text("kind = 'incoming'"),
+             "postgresql_where": sa.text("kind = 'incoming'")} if sessions_only else {}  # fmt: skip
     with op.batch_alter_table("counted_units", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_user_key"))
         batch_op.create_index(
             batch_op.f("ix_counted_units_phone_number_id_user_key"),
             ["phone_number_id", "user_key"],
             unique=False,
-            sqlite_where=sa.text("kind = 'incoming'"),
-            postgresql_where=sa.text("kind = 'incoming'"),
+            **where,
         )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("counted_units", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_counted_units_phone_number_id_user_key"))
-        batch_op.create_index(
-            batch_op.f("ix_counted_units_phone_number_id_user_key"),
-            ["phone_number_id", "user_key"],
-            unique=False,
-        )
+    _replace_customer_index(sessions_only=False)
     op.create_table(
         "message_statuses",
         sa.Column("phone_number_id", sa.String(length=64), nullable=False),
