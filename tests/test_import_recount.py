@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -246,3 +248,36 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
             return [tuple(r) for r in conn.execute(text(sql))]
     finally:
         db.dispose()
+
+
+def test_a_parsing_process_that_dies_ends_the_import_with_a_clear_error(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the `--parallel` helper process dies (killed, out of memory), the import says so in
+    one line, keeps what it committed, and a plain re-run finishes the file."""
+    from concurrent.futures import Executor, Future
+    from concurrent.futures.process import BrokenProcessPool
+    from contextlib import contextmanager
+
+    from wastats.cli import ingest as ingest_cli
+
+    class DeadProcess(Executor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+            return future
+
+    @contextmanager
+    def dead(pipeline: Any) -> Iterator[Executor]:
+        yield DeadProcess()
+
+    monkeypatch.setattr(ingest_cli, "parsing_process", dead)
+    history = tmp_path / "h.jsonl"
+    write_history(history)
+    code, out, err = run(database_url, "import", "--parallel", str(history))
+    assert code == 1
+    assert "the parsing process stopped unexpectedly" in out + err
+    assert "Traceback" not in out + err
+    code, out, err = run(database_url, "import", str(history))
+    assert code == 0, err
+    assert "Read 56 bodies: 56 new" in out

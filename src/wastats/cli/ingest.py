@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,6 +91,12 @@ def import_command(
                 )
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")
+    except BrokenProcessPool:
+        # Everything committed so far stays (and counts); importing the file again finishes it.
+        fail(
+            "the parsing process stopped unexpectedly (out of memory?); what was committed is "
+            "kept: run the same import again, without --parallel, to finish it"
+        )
     finally:
         db.dispose()
     counted = report.counted
