@@ -33,7 +33,7 @@ from conftest import APP_SECRET, SECRET_KEY
 from pgcluster import free_port
 from reference_counting import reference_monthly_counts
 from wastats.whatsapp.signature import sign
-from webhooks import at, envelope
+from webhooks import at, envelope, generated_inbound, generated_status
 
 WASTATS = Path(sys.executable).with_name("wastats")
 START_TIMEOUT = 90.0
@@ -311,34 +311,9 @@ def to_value(event: Event) -> dict[str, Any]:
     metadata = {"display_phone_number": NUMBERS[number], "phone_number_id": number}
     if event[0] == "in":
         _, _, user, ts = event
-        message = {"from": user, "id": f"wamid.in.{number}.{user}.{ts}", "timestamp": str(ts),
-                   "type": "text", "text": {"body": "hi"}}  # fmt: skip
-        return {"messaging_product": "whatsapp", "metadata": metadata,
-                "contacts": [{"wa_id": user, "profile": {"name": "x"}}],
-                "messages": [message]}  # fmt: skip
+        return generated_inbound(metadata, user, ts, f"wamid.in.{number}.{user}.{ts}")
     _, _, wamid, state, ts, conversation, pricing, user = event
-    entry: dict[str, Any] = {
-        "id": wamid,
-        "status": state,
-        "timestamp": str(ts),
-        "recipient_id": user,
-    }
-    if conversation is not None:
-        entry["conversation"] = {"id": conversation[0]}
-        if conversation[1] is not None:
-            entry["conversation"]["origin"] = {"type": conversation[1]}
-        if conversation[2] is not None:
-            entry["conversation"]["expiration_timestamp"] = str(conversation[2])
-    if pricing is not None:
-        model, category, type_, billable = pricing
-        entry["pricing"] = {"category": category}
-        if model is not None:
-            entry["pricing"]["pricing_model"] = model
-        if type_ is not None:
-            entry["pricing"]["type"] = type_
-        if billable is not None:
-            entry["pricing"]["billable"] = billable
-    return {"messaging_product": "whatsapp", "metadata": metadata, "statuses": [entry]}
+    return generated_status(metadata, wamid, state, ts, user, conversation, pricing)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.db import Database
-from webhooks import PHONE_NUMBER_ID, at, envelope
+from webhooks import PHONE_NUMBER_ID, at, envelope, generated_inbound, generated_status
 
 PMP_START = at("2025-07-01 00:00")
 DAY = 86400
@@ -81,34 +81,9 @@ def to_value(event: tuple[Any, ...]) -> dict[str, Any]:
     metadata = {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID}
     if event[0] == "in":
         _, user, ts = event
-        message = {"from": user, "id": f"wamid.in.{user}.{ts}", "timestamp": str(ts),
-                   "type": "text", "text": {"body": "hi"}}  # fmt: skip
-        contacts = [{"wa_id": user, "profile": {"name": "x"}}]
-        return {"messaging_product": "whatsapp", "metadata": metadata,
-                "contacts": contacts, "messages": [message]}  # fmt: skip
+        return generated_inbound(metadata, user, ts, f"wamid.in.{user}.{ts}")
     _, wamid, state, ts, conv, price, user = event
-    entry: dict[str, Any] = {
-        "id": wamid,
-        "status": state,
-        "timestamp": str(ts),
-        "recipient_id": user,
-    }
-    if conv is not None:
-        entry["conversation"] = {"id": conv[0]}
-        if conv[1] is not None:
-            entry["conversation"]["origin"] = {"type": conv[1]}
-        if conv[2] is not None:
-            entry["conversation"]["expiration_timestamp"] = str(conv[2])
-    if price is not None:
-        model, category, type_, billable = price
-        entry["pricing"] = {"category": category}
-        if model is not None:
-            entry["pricing"]["pricing_model"] = model
-        if type_ is not None:
-            entry["pricing"]["type"] = type_
-        if billable is not None:
-            entry["pricing"]["billable"] = billable
-    return {"messaging_product": "whatsapp", "metadata": metadata, "statuses": [entry]}
+    return generated_status(metadata, wamid, state, ts, user, conv, price)
 
 
 def to_reference(events: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:

@@ -99,6 +99,46 @@ def status(
     return _value(number, statuses=[entry])
 
 
+def generated_inbound(metadata: dict[str, str], user: str, ts: int, wamid: str) -> dict[str, Any]:
+    """The change value of one inbound text message, for generated event streams."""
+    message = {"from": user, "id": wamid, "timestamp": str(ts), "type": "text",
+               "text": {"body": "hi"}}  # fmt: skip
+    return {"messaging_product": "whatsapp", "metadata": metadata,
+            "contacts": [{"wa_id": user, "profile": {"name": "x"}}],
+            "messages": [message]}  # fmt: skip
+
+
+def generated_status(
+    metadata: dict[str, str],
+    wamid: str,
+    state: str,
+    ts: int,
+    user: str,
+    conversation: tuple[str, str | None, int | None] | None,
+    pricing: tuple[str | None, str, str | None, bool | None] | None,
+) -> dict[str, Any]:
+    """The change value of one status, for generated event streams: unlike `status`, every
+    pricing field is given as is (model, category, type, billable; None leaves it out)."""
+    entry: dict[str, Any] = {"id": wamid, "status": state, "timestamp": str(ts),
+                             "recipient_id": user}  # fmt: skip
+    if conversation is not None:
+        entry["conversation"] = {"id": conversation[0]}
+        if conversation[1] is not None:
+            entry["conversation"]["origin"] = {"type": conversation[1]}
+        if conversation[2] is not None:
+            entry["conversation"]["expiration_timestamp"] = str(conversation[2])
+    if pricing is not None:
+        model, category, type_, billable = pricing
+        entry["pricing"] = {"category": category}
+        if model is not None:
+            entry["pricing"]["pricing_model"] = model
+        if type_ is not None:
+            entry["pricing"]["type"] = type_
+        if billable is not None:
+            entry["pricing"]["billable"] = billable
+    return {"messaging_product": "whatsapp", "metadata": metadata, "statuses": [entry]}
+
+
 def body(*values: dict[str, Any]) -> bytes:
     return json.dumps(envelope(*values)).encode()
 
