@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,13 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from conftest import FIXTURES, SECRET_KEY
+from conftest import FIXTURES, SECRET_KEY, make_settings
+from helpers import add_number, create_tenant
 from wastats.cli import app
 from wastats.ingest import importer
+from wastats.ingest.identity import CustomerHasher
+from wastats.ingest.pipeline import Pipeline
+from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 from webhooks import PHONE_NUMBER_ID, at, envelope, inbound, status
 
@@ -281,3 +287,55 @@ def test_a_parsing_process_that_dies_ends_the_import_with_a_clear_error(
     code, out, err = run(database_url, "import", str(history))
     assert code == 0, err
     assert "Read 56 bodies: 56 new" in out
+
+
+def _store_batches(url: str, batches: list[list[bytes]], *, draft: bool) -> None:
+    config = make_settings(url)
+    add_number(config, create_tenant(config, "A"), "15550783881", PHONE_NUMBER_ID)
+    pipeline = Pipeline(CustomerHasher(SECRET_KEY.encode()))
+    db = Database(url)
+    try:
+        for batch in batches:
+            with db.write() as conn:
+                new = inbox_repo.insert_bodies(
+                    conn,
+                    [
+                        inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0)
+                        for b in batch
+                    ],
+                )
+                by_sha = {hashlib.sha256(b).hexdigest(): b for b in batch}
+                prepared = pipeline.prepare([by_sha[sha] for sha in new], draft=draft)
+                pipeline.store(conn, prepared, list(new.values()), 0)
+    finally:
+        db.dispose()
+
+
+def test_drafted_batches_store_exactly_what_plain_ones_do(
+    database_url: str, tmp_path: Path, sqlite_template: Path
+) -> None:
+    """`wastats import` prepares each message as if it were new (`MessageDraft`). In batches
+    that mix such messages with ones that cannot be drafted (a customer known by a BSUID only, a
+    conversation id) and with messages stored by an earlier batch, every fixture payload and a
+    BSUID link included, what is stored must be what the undrafted pipeline stores."""
+    t = at("2025-08-03 10:00")
+    sent = status("wamid.P1", "sent", t, pricing=("PMP", "marketing", "regular"))
+    bsuid_only = status("wamid.B1", "delivered", t + 9, pricing=("PMP", "utility", "regular"))
+    del bsuid_only["statuses"][0]["recipient_id"]
+    bsuid_only["statuses"][0]["recipient_user_id"] = "US.1349120865530"
+    first = [
+        *(path.read_bytes() for path in sorted(FIXTURES.glob("*.json"))),
+        json.dumps(envelope(sent, bsuid_only, status("wamid.P2", "delivered", t + 1))).encode(),
+    ]
+    second = [
+        json.dumps(envelope(status("wamid.P1", "delivered", t + 5))).encode(),
+        json.dumps(envelope(inbound("16505551234", t + 60, user_id="US.1349120865530"))).encode(),
+        json.dumps(envelope(status("wamid.B1", "read", t + 99), bsuid_only)).encode(),
+    ]
+    shutil.copyfile(sqlite_template, tmp_path / "plain.db")
+    plain_url = f"sqlite:///{tmp_path / 'plain.db'}"
+    _store_batches(database_url, [first, second], draft=True)
+    _store_batches(plain_url, [first, second], draft=False)
+    drafted = _dump(database_url)
+    assert drafted == _dump(plain_url)
+    assert len(drafted["counted_units"]) > 10

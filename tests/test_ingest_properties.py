@@ -98,8 +98,9 @@ def to_reference(events: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
 
 
 @st.composite
-def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[list[bytes]], int]:
-    """(events, batches of raw bodies, when to register: 0 before, 1 midway, 2 after)."""
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[list[bytes]], int, bool]:
+    """(events, batches of raw bodies, when to register: 0 before, 1 midway, 2 after, whether
+    batches are drafted as `wastats import` does)."""
     events = draw(event_lists)
     copies = list(events) + draw(st.lists(st.sampled_from(events), max_size=6))  # duplicates
     order = draw(st.permutations(range(len(copies))))
@@ -113,11 +114,11 @@ def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[list[bytes]
         i += size
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(raws) - 1)), max_size=3))))
     batches = [raws[a:b] for a, b in zip([0, *cuts], [*cuts, len(raws)], strict=True) if raws[a:b]]
-    return events, batches, draw(st.integers(0, 2))
+    return events, batches, draw(st.integers(0, 2)), draw(st.booleans())
 
 
-def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int]) -> None:
-    events, batches, register_at = case
+def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int, bool]) -> None:
+    events, batches, register_at, draft = case
     config = make_settings(url)
     tenant = create_tenant(config, "Prop", "Asia/Jerusalem")
     pipeline = Pipeline(CustomerHasher(SECRET_KEY.encode()))
@@ -137,7 +138,8 @@ def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int
                     ],
                 )
                 by_sha = {hashlib.sha256(r).hexdigest(): r for r in batch}
-                pipeline.process(conn, [(i, by_sha[s]) for s, i in new.items()], 0)
+                prepared = pipeline.prepare([by_sha[s] for s in new], draft=draft)
+                pipeline.store(conn, prepared, list(new.values()), 0)
         if register_at == 2:
             add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
 

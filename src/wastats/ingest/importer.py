@@ -90,11 +90,15 @@ def _chunks(
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
+    """Automatic collection off for the block (which may nest), the young generations collected
+    at its end."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
         gc.collect(1)
 
 
@@ -123,7 +127,7 @@ def _prepare(lines: list[bytes], pipeline: Pipeline | None = None) -> _Chunk:
     worker = pipeline or _worker_pipeline
     assert worker is not None, "the parsing process was not started"
     with _collector_paused():
-        return _Chunk(distinct, worker.prepare([lines[i] for i in distinct.values()]))
+        return _Chunk(distinct, worker.prepare([lines[i] for i in distinct.values()], draft=True))
 
 
 @contextmanager
@@ -189,7 +193,14 @@ def import_file(
     """Import one file. With `parser` (from `parsing_process`), each chunk is parsed there while
     the one before it is being stored; without, everything runs in this process."""
     ahead: deque[tuple[list[bytes], Future[_Chunk]]] = deque()
-    with path.open("rb") as raw, open_lines(raw) as stream, _GroupedWrites(db) as writes:
+    # The collector stays off for the whole file, not just while a chunk is counted: a parsed
+    # chunk arrives (is unpickled) on a thread of the executor, while this one works.
+    with (
+        _collector_paused(),
+        path.open("rb") as raw,
+        open_lines(raw) as stream,
+        _GroupedWrites(db) as writes,
+    ):
         for lines in _chunks(raw, stream, on_bytes):
             if parser is None:
                 _store(writes, pipeline, lines, _prepare(lines, pipeline), now=now, report=report)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
@@ -58,6 +58,44 @@ class NumberBatch:
     links: set[tuple[str, str, str]] = field(default_factory=set)
     newest: int = 0
     """Event time of the newest event of this batch for the number (for `as_of`)."""
+    drafts: list[MessageDraft] = field(default_factory=list)
+    """With `prepare(draft=True)`: messages taken out of `statuses`, already encoded and counted
+    as if the database knew nothing of them (see `MessageDraft`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Named tuples pickle through a Python-level `__reduce__` each: sent to the importing
+        # process as plain tuples, they pickle in C (measured: a fifth of the parsing process's
+        # time went to pickling named tuples).
+        state = dict(self.__dict__)
+        state["statuses"] = [tuple(fact) for fact in self.statuses]
+        state["drafts"] = [
+            (key, statuses, None if unit is None else tuple(unit))
+            for key, statuses, unit in self.drafts
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["statuses"] = [StatusFact._make(fact) for fact in state["statuses"]]
+        state["drafts"] = [
+            MessageDraft(key, statuses, None if unit is None else CountedUnit._make(unit))
+            for key, statuses, unit in state["drafts"]
+        ]
+        self.__dict__.update(state)
+
+
+class MessageDraft(NamedTuple):
+    """One message of a batch, stored and counted as if nothing were stored of it yet.
+
+    True of nearly every message of a backfill, so `wastats import` has this done where the
+    batch is parsed (with `--parallel`, in the second process). The draft is small to send
+    between processes: the encoded `message_facts.statuses` value, not the facts. If the message
+    turns out to be stored already, counting decodes the draft and merges as usual."""
+
+    message_key: str
+    statuses: str
+    """`facts_repo.encode_statuses` of the message's statuses in the batch."""
+    unit: CountedUnit | None
+    """`rules.message_unit` of the same statuses."""
 
 
 @dataclass
@@ -119,9 +157,13 @@ class Pipeline:
         prepared = self.prepare([raw for _, raw in bodies])
         return self.store(conn, prepared, [inbox_id for inbox_id, _ in bodies], now)
 
-    def prepare(self, bodies: Sequence[bytes]) -> PreparedBatch:
+    def prepare(self, bodies: Sequence[bytes], *, draft: bool = False) -> PreparedBatch:
         """Parse bodies into facts: everything that needs no database (so `wastats import` runs
-        it in a second process, a chunk ahead of the one being stored)."""
+        it in a second process, a chunk ahead of the one being stored).
+
+        `draft`: also encode and count each message as if it were new (`MessageDraft`): the
+        right bet for a backfill, a waste for live webhooks, whose later statuses find their
+        message stored."""
         report = BatchReport(bodies=len(bodies))
         per_number: dict[str, NumberBatch] = defaultdict(NumberBatch)
         outcomes: list[tuple[str, str | None, int]] = []
@@ -136,6 +178,9 @@ class Pipeline:
                 report.rejected += 1
             state = inbox_repo.REJECTED if problems else inbox_repo.PROCESSED
             outcomes.append((state, problems or None, events))
+        if draft:
+            for batch in per_number.values():
+                _draft_messages(batch)
         return PreparedBatch(per_number, outcomes, report)
 
     def store(
@@ -189,9 +234,11 @@ class Pipeline:
         # The batch's statuses per message, merged with what is stored of the same messages (one
         # row per message holds all its statuses, so this is a single read for the batch).
         batch_statuses: dict[Pair, set[StatusFact]] = defaultdict(set)
+        drafts: dict[Pair, MessageDraft] = {}
         for number, batch in per_number.items():
             for fact in batch.statuses:
                 batch_statuses[(number, fact.message_key)].add(fact)
+            drafts.update(((number, d.message_key), d) for d in batch.drafts)
         # The inbound facts stored before this batch (a fresh import finds none), merged with the
         # batch's own exactly as the database keeps them: a wamid already stored, or repeated
         # within the batch, is ignored (ON CONFLICT DO NOTHING, first one wins).
@@ -200,8 +247,12 @@ class Pipeline:
         for row in inbound:
             per_user = times.setdefault((row["phone_number_id"], row["user_key"]), {})
             per_user.setdefault(row["wamid"], (row["ts"], row["country"]))
-        statuses = facts_repo.statuses_of(conn, batch_statuses)
+        statuses = facts_repo.statuses_of(conn, batch_statuses.keys() | drafts.keys())
         had_units.update(statuses)
+        for pair in drafts.keys() & statuses.keys():  # not new after all: merge as usual
+            batch_statuses[pair].update(
+                facts_repo.decode_statuses(pair[1], drafts.pop(pair).statuses)
+            )
         grown: list[tuple[str, str, list[StatusFact]]] = []
         for (number, message_key), new in batch_statuses.items():
             stored = statuses.get((number, message_key))
@@ -211,7 +262,9 @@ class Pipeline:
             statuses[(number, message_key)] = merged
             grown.append((number, message_key, merged))
         facts_repo.insert_inbound(conn, inbound)
-        facts_repo.write_messages(conn, grown)
+        facts_repo.write_messages(
+            conn, grown, encoded=[(n, d.message_key, d.statuses) for (n, _), d in drafts.items()]
+        )
         # Only messages that learned something, or changed customer, can count differently.
         messages: dict[str, set[str]] = defaultdict(set)
         for number, message_key, _ in grown:
@@ -223,7 +276,13 @@ class Pipeline:
             had_units.update(relinked)
 
         changes = self.recompute(
-            conn, users, messages, times=times, statuses=statuses, had_units=had_units
+            conn,
+            users,
+            messages,
+            times=times,
+            statuses=statuses,
+            had_units=had_units,
+            new_units=[(n, d.unit) for (n, _), d in drafts.items() if d.unit is not None],
         )
         deltas: Counter[counts_repo.RollupKey] = Counter()
         for number, before, after in changes:
@@ -363,14 +422,16 @@ class Pipeline:
         times: dict[Pair, dict[str, tuple[int, str | None]]],
         statuses: dict[Pair, list[StatusFact]],
         had_units: set[Pair],
+        new_units: Sequence[tuple[str, CountedUnit]] = (),
     ) -> list[tuple[str, CountedUnit | None, CountedUnit | None]]:
         """Recompute the units of these customers and messages (and of the CBP conversations the
         messages belong to) from all their facts (`times`, `statuses`: everything stored plus
         this batch); write them and return the changes as (number, before, after).
 
         `had_units`: the customers and messages that had facts before this batch, the only ones
-        whose stored units need reading."""
-        new: dict[Pair, CountedUnit] = {}
+        whose stored units need reading. `new_units`: units of messages new to the database,
+        already computed (`MessageDraft`)."""
+        new: dict[Pair, CountedUnit] = {(n, unit.unit_key): unit for n, unit in new_units}
         old: dict[Pair, CountedUnit] = {}
 
         customers = [(number, user) for number, keys in users.items() for user in keys]
@@ -421,3 +482,37 @@ class Pipeline:
         ]
         changes += [(n, old.get((n, unit.unit_key)), unit) for n, unit in upserts]
         return changes
+
+
+def _draft_messages(batch: NumberBatch) -> None:
+    """Move the batch's messages that can be drafted from `statuses` into `drafts`.
+
+    Not drafted: messages with a conversation id (Rule C reads their conversation's other
+    members from the database) and messages of customers known only by a BSUID (the database
+    may link them to another key first)."""
+    by_message: dict[str, set[StatusFact]] = defaultdict(set)
+    for fact in batch.statuses:
+        by_message[fact.message_key].add(fact)
+    kept = {batch.statuses[i].message_key for i, _ in batch.bsuid_only}
+    kept.update(f.message_key for f in batch.statuses if f.conversation_id is not None)
+    for message_key, facts in by_message.items():
+        if message_key not in kept:
+            distinct = list(facts)
+            batch.drafts.append(
+                MessageDraft(
+                    message_key,
+                    facts_repo.encode_statuses(distinct),
+                    rules.message_unit(distinct),
+                )
+            )
+    if len(batch.drafts) == len(by_message):
+        batch.statuses = []
+        return
+    # `bsuid_only` holds indexes into `statuses`: renumber them for the facts kept.
+    unresolved = dict(batch.bsuid_only)
+    statuses, batch.statuses, batch.bsuid_only = batch.statuses, [], []
+    for index, fact in enumerate(statuses):
+        if fact.message_key in kept:
+            if index in unresolved:
+                batch.bsuid_only.append((len(batch.statuses), unresolved[index]))
+            batch.statuses.append(fact)

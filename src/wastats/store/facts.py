@@ -13,7 +13,7 @@ from operator import itemgetter
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, delete, select, text, union, update
+from sqlalchemy import Connection, delete, select, union, update
 
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
 from wastats.store.schema import (
@@ -24,13 +24,12 @@ from wastats.store.schema import (
     message_facts,
     user_links,
 )
-from wastats.store.sql import chunks, insert_for, insert_ignore_sql, pairs_clause
+from wastats.store.sql import fetch_by_pairs, insert_for, insert_ignore_sql, pair_statements
 
 InboundRow = dict[str, Any]
 Pair = tuple[str, str]
-"""(phone_number_id, key): every fact and unit is addressed by its number first, so one query
-serves a whole batch of numbers (row-value IN), not one query per number."""
-PAIR_CHUNK = 400  # two bound parameters per pair
+"""(phone_number_id, key): every fact and unit is addressed by its number first, the leading
+column of every key, so a batch's lookups are one query per number (`sql.fetch_by_pairs`)."""
 
 INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
 STATUS_FIELDS = ("status", "ts", "conversation_id", "conversation_origin", "expiration_ts",
@@ -68,23 +67,27 @@ def decode_statuses(message_key: str, stored: str) -> list[StatusFact]:
 
 
 def write_messages(
-    conn: Connection, messages: Sequence[tuple[str, str, Collection[StatusFact]]]
+    conn: Connection,
+    messages: Sequence[tuple[str, str, Collection[StatusFact]]],
+    *,
+    encoded: Sequence[tuple[str, str, str]] = (),
 ) -> None:
     """Store (phone_number_id, message_key, every status known of it), replacing what was stored.
 
     The caller passes the union of the stored statuses and the new ones, so a write never loses
-    a status; the conversation ids they carry are indexed in `message_conversations`."""
-    if not messages:
+    a status; the conversation ids they carry are indexed in `message_conversations`.
+    `encoded`: more messages as (phone_number_id, message_key, `encode_statuses(...)`), whose
+    statuses carry no conversation id."""
+    rows = [(number, key, encode_statuses(facts)) for number, key, facts in messages]
+    rows += encoded
+    if not rows:
         return
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
     conn.exec_driver_sql(
         f"INSERT INTO message_facts (phone_number_id, message_key, statuses) "
         f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (phone_number_id, message_key) "
         f"DO UPDATE SET statuses = excluded.statuses",
-        [
-            (number, key, encode_statuses(facts))
-            for number, key, facts in sorted(messages, key=itemgetter(0, 1))
-        ],
+        sorted(rows, key=itemgetter(0, 1)),
     )
     conversations = sorted({
         (number, f.conversation_id, key)
@@ -121,15 +124,13 @@ def insert_links(
 
 def linked_phone_keys(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, str]:
     """{(phone_number_id, bsuid_key): wa_key} for the linked ones among `pairs`."""
-    found: dict[Pair, str] = {}
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(user_links.c.phone_number_id, user_links.c.bsuid_key, user_links.c.wa_key).where(
-                pairs_clause(user_links.c.phone_number_id, user_links.c.bsuid_key, part)
-            )
-        )
-        found.update({(n, b): w for n, b, w in rows})
-    return found
+    rows = fetch_by_pairs(
+        conn,
+        "SELECT phone_number_id, bsuid_key, wa_key FROM user_links",
+        ("phone_number_id", "bsuid_key"),
+        pairs,
+    )
+    return {(n, b): w for n, b, w in rows}
 
 
 def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) -> list[str]:
@@ -179,61 +180,40 @@ def inbound_facts(
     """{(phone_number_id, user_key): {wamid: (timestamp, country)}} of the stored inbound
     messages of these customers."""
     result: dict[Pair, dict[str, tuple[int, str | None]]] = {}
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(
-                inbound_messages.c.phone_number_id,
-                inbound_messages.c.user_key,
-                inbound_messages.c.wamid,
-                inbound_messages.c.ts,
-                inbound_messages.c.country,
-            ).where(
-                pairs_clause(inbound_messages.c.phone_number_id, inbound_messages.c.user_key, part)
-            )
-        )
-        for number, user_key, wamid, ts, country in rows:
-            result.setdefault((number, user_key), {})[wamid] = (int(ts), country)
+    rows = fetch_by_pairs(
+        conn,
+        "SELECT phone_number_id, user_key, wamid, ts, country FROM inbound_messages",
+        ("phone_number_id", "user_key"),
+        pairs,
+    )
+    for number, user_key, wamid, ts, country in rows:
+        result.setdefault((number, user_key), {})[wamid] = (int(ts), country)
     return result
 
 
 def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
     """{(phone_number_id, message_key): [StatusFact]} of the stored messages among `pairs`."""
-    result: dict[Pair, list[StatusFact]] = {}
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(
-                message_facts.c.phone_number_id,
-                message_facts.c.message_key,
-                message_facts.c.statuses,
-            ).where(
-                pairs_clause(message_facts.c.phone_number_id, message_facts.c.message_key, part)
-            )
-        )
-        for number, key, stored in rows:
-            result[(number, key)] = decode_statuses(key, stored)
-    return result
+    rows = fetch_by_pairs(
+        conn,
+        "SELECT phone_number_id, message_key, statuses FROM message_facts",
+        ("phone_number_id", "message_key"),
+        pairs,
+    )
+    return {(number, key): decode_statuses(key, stored) for number, key, stored in rows}
 
 
 def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, set[str]]:
     """{(phone_number_id, conversation_id): {message_key}} of the messages any status of which
     carries the id."""
     result: dict[Pair, set[str]] = defaultdict(set)
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(
-                message_conversations.c.phone_number_id,
-                message_conversations.c.conversation_id,
-                message_conversations.c.message_key,
-            ).where(
-                pairs_clause(
-                    message_conversations.c.phone_number_id,
-                    message_conversations.c.conversation_id,
-                    part,
-                )
-            )
-        )
-        for number, conversation_id, message_key in rows:
-            result[(number, conversation_id)].add(message_key)
+    rows = fetch_by_pairs(
+        conn,
+        "SELECT phone_number_id, conversation_id, message_key FROM message_conversations",
+        ("phone_number_id", "conversation_id"),
+        pairs,
+    )
+    for number, conversation_id, message_key in rows:
+        result[(number, conversation_id)].add(message_key)
     return result
 
 
@@ -249,6 +229,11 @@ _UNIT_COLUMNS = (
     counted_units.c.era,
     counted_units.c.user_key,
     counted_units.c.country,
+)
+
+
+_SELECT_UNITS = (
+    f"SELECT phone_number_id, {', '.join(c.name for c in _UNIT_COLUMNS)} FROM counted_units"
 )
 
 
@@ -268,32 +253,23 @@ def _unit(row: Sequence[Any]) -> CountedUnit:
 
 def units_by_key(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
     """{(phone_number_id, unit_key): unit} of the stored units among `pairs`."""
-    found: dict[Pair, CountedUnit] = {}
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(
-                pairs_clause(counted_units.c.phone_number_id, counted_units.c.unit_key, part)
-            )
-        )
-        found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
-    return found
+    rows = fetch_by_pairs(conn, _SELECT_UNITS, ("phone_number_id", "unit_key"), pairs)
+    return {(row[0], row[1]): _unit(row[1:]) for row in rows}
 
 
 def session_units_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
     """{(phone_number_id, unit_key): unit} of every incoming-session unit of these
     (phone_number_id, user_key) customers."""
-    found: dict[Pair, CountedUnit] = {}
-    for part in chunks(sorted(set(pairs)), PAIR_CHUNK):
-        rows = conn.execute(
-            select(counted_units.c.phone_number_id, *_UNIT_COLUMNS).where(
-                pairs_clause(counted_units.c.phone_number_id, counted_units.c.user_key, part),
-                # A literal, not a bound value: SQLite uses a partial index only when the query
-                # spells out its condition.
-                text(f"counted_units.kind = '{UnitKind.INCOMING_SESSION.value}'"),
-            )
-        )
-        found.update(((row[0], row[1]), _unit(row[1:])) for row in rows)
-    return found
+    rows = fetch_by_pairs(
+        conn,
+        _SELECT_UNITS,
+        ("phone_number_id", "user_key"),
+        pairs,
+        # A literal, not a bound value: SQLite uses a partial index only when the query spells
+        # out its condition.
+        condition=f"kind = '{UnitKind.INCOMING_SESSION.value}'",
+    )
+    return {(row[0], row[1]): _unit(row[1:]) for row in rows}
 
 
 _UNIT_FIELDS = ("phone_number_id", "unit_key", "kind", "ts", "bucket", "category",
@@ -319,12 +295,10 @@ def write_units(
     conn: Connection, upserts: Sequence[tuple[str, CountedUnit]], deletes: Sequence[Pair]
 ) -> None:
     """Delete the (phone_number_id, unit_key) units and insert or replace the given ones."""
-    for part in chunks(sorted(deletes), PAIR_CHUNK):
-        conn.execute(
-            delete(counted_units).where(
-                pairs_clause(counted_units.c.phone_number_id, counted_units.c.unit_key, part)
-            )
-        )
+    for sql, params in pair_statements(
+        conn, "DELETE FROM counted_units", ("phone_number_id", "unit_key"), deletes
+    ):
+        conn.exec_driver_sql(sql, params)
     if upserts:
         # Driver-level executemany, for the same reason as the fact inserts (hot path).
         mark = "%s" if conn.dialect.name == "postgresql" else "?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, or_
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 T = TypeVar("T")
@@ -35,24 +35,52 @@ def insert_ignore_sql(conn: Connection, table: Table, columns: Sequence[str]) ->
     )
 
 
-def pairs_clause(
-    number_column: ColumnElement[Any],
-    key_column: ColumnElement[Any],
+def fetch_by_pairs(
+    conn: Connection,
+    statement: str,
+    pair_columns: tuple[str, str],
     pairs: Iterable[tuple[str, str]],
-) -> ColumnElement[bool]:
-    """`(number, key) IN pairs`, written as one `number = ? AND key IN (...)` term per number.
+    *,
+    condition: str = "",
+) -> list[Any]:
+    """The rows of `statement` (a SELECT without WHERE) for `pairs` of (number, key): see
+    `pair_statements`."""
+    return [
+        row
+        for sql, params in pair_statements(conn, statement, pair_columns, pairs, condition)
+        for row in conn.exec_driver_sql(sql, params)
+    ]
 
-    SQLite plans a row-value `(a, b) IN (VALUES ...)` as a full scan (seen with EXPLAIN QUERY
-    PLAN, and as an import that slowed as the tables grew); OR-ed terms that each fix the leading
-    key column are served from the primary-key index on SQLite and PostgreSQL alike."""
+
+def pair_statements(
+    conn: Connection,
+    statement: str,
+    pair_columns: tuple[str, str],
+    pairs: Iterable[tuple[str, str]],
+    condition: str = "",
+) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """`statement WHERE number = ? AND key IN (...) [AND condition]` for `pairs` of
+    (number, key), as driver SQL and its parameters, as many as it takes.
+
+    One statement per number and `IN_CHUNK` keys, each of which SQLite and PostgreSQL serve from
+    the index that leads with (number, key). Not a row-value `(a, b) IN (VALUES ...)`: SQLite
+    plans that as a full scan (seen with EXPLAIN QUERY PLAN, as an import that slowed as its
+    tables grew). Not SQLAlchemy expressions: building and compiling one per chunk cost more
+    than the lookups themselves (measured: 4.5 us a key against 1.9 on the hot path of
+    ingestion)."""
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    number_column, key_column = pair_columns
     by_number: dict[str, list[str]] = {}
     for number, key in pairs:
         by_number.setdefault(number, []).append(key)
-    terms = [
-        and_(number_column == number, key_column.in_(keys))
-        for number, keys in sorted(by_number.items())
-    ]
-    return or_(*terms) if len(terms) > 1 else terms[0]
+    extra = f" AND {condition}" if condition else ""
+    for number, keys in sorted(by_number.items()):
+        for part in chunks(sorted(set(keys))):
+            sql = (
+                f"{statement} WHERE {number_column} = {mark} "
+                f"AND {key_column} IN ({', '.join([mark] * len(part))}){extra}"
+            )
+            yield sql, (number, *part)
 
 
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
