@@ -110,6 +110,10 @@ _worker_pipeline: Pipeline | None = None
 def _start_worker(key: bytes) -> None:
     global _worker_pipeline
     _worker_pipeline = Pipeline(CustomerHasher(key))
+    # Collection off for good, not only while a chunk is parsed (`_prepare` collects the young
+    # generations after each): the executor pickles the result after `_prepare` returns, and
+    # the collector then kept traversing the whole chunk (measured: 9% of this process).
+    gc.disable()
 
 
 @dataclass
