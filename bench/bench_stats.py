@@ -1,7 +1,8 @@
 """Statistics at scale: one account with 1,000 numbers and 24 months of counted units.
 
-How the data is made: counted units (the counting pipeline's output: one row per incoming
-session, billable message or CBP conversation) are generated directly into `counted_units`,
+How the data is made: counted units (the counting pipeline's output: one per incoming
+session, billable message or CBP conversation) are generated directly into `counted_units`
+(the pipeline keeps message units in their message's row instead, read the same way),
 spread evenly over the numbers, the 24 months and the buckets, with customers drawn from a
 pool; the monthly rollups are computed from exactly those units, as the pipeline would keep
 them. (Feeding 10 million events through webhooks would measure ingestion, not reads, and take

@@ -149,3 +149,70 @@ def test_status_rows_move_to_message_facts_and_back_postgresql(
     pg_cluster: PostgresCluster,
 ) -> None:
     _on_empty_postgres_database(pg_cluster, "migrate_0004", _migrate_status_rows)
+
+
+# --- 0005: message units move into their message's row ------------------------------------------
+
+_UNIT_COLUMNS = ("phone_number_id, unit_key, kind, ts, bucket, category, pricing_type, era, "
+                 "user_key, country")  # fmt: skip
+_OLD_UNITS = [
+    ("111", "P:m1", "message", 101, "marketing", "marketing", "regular", "PMP", "u1", "IL"),
+    ("111", "P:m2", "message", 300, "none", "utility", "free_customer_service", "PMP", None,
+     None),
+    ("111", "I:u1:90", "incoming", 90, "incoming", "incoming", "", None, "u1", "IL"),
+    ("222", "C:c1", "conversation", 400, "service", "service", "regular", "CBP", "u9", None),
+]  # fmt: skip
+
+
+def _migrate_message_units(url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from wastats.store import facts as facts_repo
+    from wastats.store.migrate import alembic_config
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0004")
+            for number, key in (("111", "m1"), ("111", "m2"), ("111", "m3")):
+                conn.execute(
+                    text("INSERT INTO message_facts (phone_number_id, message_key, statuses) "
+                         "VALUES (:n, :k, '[]')"), {"n": number, "k": key},
+                )  # fmt: skip
+            marks = ", ".join(f":p{i}" for i in range(10))
+            conn.execute(
+                text(f"INSERT INTO counted_units ({_UNIT_COLUMNS}) VALUES ({marks})"),
+                [{f"p{i}": v for i, v in enumerate(row)} for row in _OLD_UNITS],
+            )
+            command.upgrade(alembic_config(conn), "head")
+
+            units = {**facts_repo.all_units(conn, "111"), **facts_repo.all_units(conn, "222")}
+            assert {key: tuple(unit)[2:] for key, unit in units.items()} == {
+                row[1]: row[3:] for row in _OLD_UNITS
+            }
+            left = conn.execute(text("SELECT unit_key FROM counted_units")).scalars().all()
+            assert sorted(left) == ["C:c1", "I:u1:90"]  # message units moved out
+            moved = conn.execute(
+                text("SELECT message_key, unit_ts, unit_bucket FROM message_facts ORDER BY 1")
+            ).all()
+            assert [tuple(r) for r in moved] == [
+                ("m1", 101, "marketing"), ("m2", 300, "none"), ("m3", None, None)
+            ]  # fmt: skip
+
+            command.downgrade(alembic_config(conn), "0004")
+            back = conn.execute(text(f"SELECT {_UNIT_COLUMNS} FROM counted_units")).all()
+            assert sorted(tuple(r) for r in back) == sorted(_OLD_UNITS)
+    finally:
+        engine.dispose()
+
+
+def test_message_units_move_into_message_rows_and_back_sqlite(tmp_path: Path) -> None:
+    _migrate_message_units(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_message_units_move_into_message_rows_and_back_postgresql(
+    pg_cluster: PostgresCluster,
+) -> None:
+    _on_empty_postgres_database(pg_cluster, "migrate_0005", _migrate_message_units)

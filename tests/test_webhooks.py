@@ -157,7 +157,7 @@ def test_unknown_category_is_counted_unclassified_not_rejected(
     assert post(client, body(status("w1", "delivered", t + 1))) == 200
     settle(client)
     assert [s for s, _ in inbox_states(settings)] == ["processed", "processed"]
-    assert rows(settings, "SELECT bucket, category FROM counted_units") == [
+    assert rows(settings, "SELECT unit_bucket, unit_category FROM message_facts") == [
         ("none", "unclassified")
     ]
     answer = client.get(

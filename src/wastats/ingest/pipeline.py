@@ -19,7 +19,7 @@ counts they affect, including months already reported.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,6 +44,9 @@ from wastats.whatsapp.payload import parse_webhook
 PG_PROCESSING_LOCK = 7_420_113_902
 
 MAX_TIMESTAMP = 10**10  # 2286-11-20: anything later is not a real event time
+
+Change = tuple[str, CountedUnit | None, CountedUnit | None]
+"""(phone_number_id, unit before, unit after) of a unit that changed."""
 
 
 @dataclass
@@ -213,10 +216,10 @@ class Pipeline:
             for number, zone in numbers_repo.zones_of(conn, per_number).items()
         }
         users: dict[str, set[str]] = defaultdict(set)
-        # Customers and messages that may already have counted units. A unit exists only where
-        # its facts were stored, so a customer or message new to the database has none to look
-        # up (in a backfill, nearly all of them). Relinked customers keep sessions under the
-        # old key until recomputed, so they are always looked up.
+        # Customers who may already have counted sessions. A unit exists only where its facts
+        # were stored, so a customer new to the database has none to look up (in a backfill,
+        # most of them). Relinked customers keep sessions under the old key until recomputed,
+        # so they are always looked up.
         had_units: set[Pair] = set()
         links = set().union(*(batch.links for batch in per_number.values()))
         relinked: list[Pair] = []
@@ -247,8 +250,9 @@ class Pipeline:
         for row in inbound:
             per_user = times.setdefault((row["phone_number_id"], row["user_key"]), {})
             per_user.setdefault(row["wamid"], (row["ts"], row["country"]))
-        statuses = facts_repo.statuses_of(conn, batch_statuses.keys() | drafts.keys())
-        had_units.update(statuses)
+        stored_messages = facts_repo.messages_of(conn, batch_statuses.keys() | drafts.keys())
+        statuses = {pair: facts for pair, (facts, _) in stored_messages.items()}
+        message_units = {pair: unit for pair, (_, unit) in stored_messages.items()}
         for pair in drafts.keys() & statuses.keys():  # not new after all: merge as usual
             batch_statuses[pair].update(
                 facts_repo.decode_statuses(pair[1], drafts.pop(pair).statuses)
@@ -262,9 +266,7 @@ class Pipeline:
             statuses[(number, message_key)] = merged
             grown.append((number, message_key, merged))
         facts_repo.insert_inbound(conn, inbound)
-        facts_repo.write_messages(
-            conn, grown, encoded=[(n, d.message_key, d.statuses) for (n, _), d in drafts.items()]
-        )
+        facts_repo.write_conversations(conn, grown)
         # Only messages that learned something, or changed customer, can count differently.
         messages: dict[str, set[str]] = defaultdict(set)
         for number, message_key, _ in grown:
@@ -272,18 +274,30 @@ class Pipeline:
         if relinked:
             for number, message_key in relinked:
                 messages[number].add(message_key)
-            statuses.update(facts_repo.statuses_of(conn, set(relinked) - statuses.keys()))
-            had_units.update(relinked)
+            for pair, (facts, unit) in facts_repo.messages_of(
+                conn, set(relinked) - statuses.keys()
+            ).items():
+                statuses[pair], message_units[pair] = facts, unit
 
-        changes = self.recompute(
+        changes, new_message_units = self.recompute(
             conn,
             users,
             messages,
             times=times,
             statuses=statuses,
             had_units=had_units,
-            new_units=[(n, d.unit) for (n, _), d in drafts.items() if d.unit is not None],
+            message_units=message_units,
         )
+        # A message's row holds its statuses and its unit: written once, after the rules ran.
+        facts_repo.write_messages(
+            conn,
+            [
+                (n, key, facts_repo.encode_statuses(statuses[(n, key)]), unit)
+                for (n, key), unit in new_message_units.items()
+            ]
+            + [(n, d.message_key, d.statuses, d.unit) for (n, _), d in drafts.items()],
+        )
+        changes += [(n, None, d.unit) for (n, _), d in drafts.items() if d.unit is not None]
         deltas: Counter[counts_repo.RollupKey] = Counter()
         for number, before, after in changes:
             zone = zones.get(number)
@@ -422,17 +436,19 @@ class Pipeline:
         times: dict[Pair, dict[str, tuple[int, str | None]]],
         statuses: dict[Pair, list[StatusFact]],
         had_units: set[Pair],
-        new_units: Sequence[tuple[str, CountedUnit]] = (),
-    ) -> list[tuple[str, CountedUnit | None, CountedUnit | None]]:
+        message_units: Mapping[Pair, CountedUnit | None],
+    ) -> tuple[list[Change], dict[Pair, CountedUnit | None]]:
         """Recompute the units of these customers and messages (and of the CBP conversations the
         messages belong to) from all their facts (`times`, `statuses`: everything stored plus
-        this batch); write them and return the changes as (number, before, after).
+        this batch). Writes the session and conversation units; returns the changes as
+        (number, before, after) and every message's new unit, which the caller writes with the
+        message's row.
 
-        `had_units`: the customers and messages that had facts before this batch, the only ones
-        whose stored units need reading. `new_units`: units of messages new to the database,
-        already computed (`MessageDraft`)."""
-        new: dict[Pair, CountedUnit] = {(n, unit.unit_key): unit for n, unit in new_units}
+        `had_units`: the customers who had facts before this batch, the only ones whose stored
+        sessions need reading. `message_units`: the stored unit of each stored message."""
+        new: dict[Pair, CountedUnit] = {}
         old: dict[Pair, CountedUnit] = {}
+        changes: list[Change] = []
 
         customers = [(number, user) for number, keys in users.items() for user in keys]
         for number, user in customers:
@@ -446,16 +462,16 @@ class Pipeline:
             old.update(facts_repo.session_units_of(conn, known))
 
         conversations: set[Pair] = set()
-        unit_keys: set[Pair] = set()
+        new_message_units: dict[Pair, CountedUnit | None] = {}
         for number, keys in messages.items():
             for message_key in keys:
                 facts = statuses.get((number, message_key), [])
                 conversations.update((number, c) for c in rules.message_conversation_ids(facts))
                 billable = rules.message_unit(facts) if facts else None
-                if billable is not None:
-                    new[(number, billable.unit_key)] = billable
-                if (number, message_key) in had_units:
-                    unit_keys.add((number, f"P:{message_key}"))
+                before = message_units.get((number, message_key))
+                if before != billable:
+                    changes.append((number, before, billable))
+                new_message_units[(number, message_key)] = billable
         if conversations:
             members = facts_repo.messages_in_conversations(conn, conversations)
             missing = {(n, m) for (n, _), keys in members.items() for m in keys} - statuses.keys()
@@ -470,18 +486,14 @@ class Pipeline:
                 counted = rules.conversation_unit(conversation, member_facts)
                 if counted is not None:
                     new[(number, counted.unit_key)] = counted
-                unit_keys.add((number, f"C:{conversation}"))
-        if unit_keys:
-            old.update(facts_repo.units_by_key(conn, unit_keys))
+            old.update(facts_repo.units_by_key(conn, {(n, f"C:{c}") for n, c in conversations}))
 
         deletes = [key for key in old if key not in new]
         upserts = [(key[0], unit) for key, unit in new.items() if old.get(key) != unit]
         facts_repo.write_units(conn, upserts, deletes)
-        changes: list[tuple[str, CountedUnit | None, CountedUnit | None]] = [
-            (key[0], old[key], None) for key in deletes
-        ]
+        changes += [(key[0], old[key], None) for key in deletes]
         changes += [(n, old.get((n, unit.unit_key)), unit) for n, unit in upserts]
-        return changes
+        return changes, new_message_units
 
 
 def _draft_messages(batch: NumberBatch) -> None:

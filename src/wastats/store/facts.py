@@ -66,29 +66,66 @@ def decode_statuses(message_key: str, stored: str) -> list[StatusFact]:
     return [StatusFact(message_key, *row) for row in _decode(stored)]
 
 
-def write_messages(
-    conn: Connection,
-    messages: Sequence[tuple[str, str, Collection[StatusFact]]],
-    *,
-    encoded: Sequence[tuple[str, str, str]] = (),
-) -> None:
-    """Store (phone_number_id, message_key, every status known of it), replacing what was stored.
+MessageRow = tuple[str, str, str, CountedUnit | None]
+"""(phone_number_id, message_key, `encode_statuses` of every status known of the message, its
+Rule P unit or None): a `message_facts` row."""
+
+_MESSAGE_UNIT = ("unit_ts", "unit_bucket", "unit_category", "unit_pricing_type", "unit_era",
+                 "unit_user_key", "unit_country")  # fmt: skip
+_NO_UNIT = (None,) * len(_MESSAGE_UNIT)
+
+
+def _message_unit_values(unit: CountedUnit | None) -> tuple[Any, ...]:
+    if unit is None:
+        return _NO_UNIT
+    era = unit.era.value if unit.era else None
+    return (unit.timestamp, unit.bucket.value, unit.category, unit.pricing_type, era,
+            unit.user_key, unit.country)  # fmt: skip
+
+
+def _message_unit(message_key: str, values: Sequence[Any]) -> CountedUnit | None:
+    ts, bucket, category, pricing_type, era, user_key, country = values
+    if ts is None:
+        return None
+    return CountedUnit(
+        f"P:{message_key}",
+        UnitKind.BILLABLE_MESSAGE,
+        int(ts),
+        Bucket(bucket),
+        category,
+        pricing_type,
+        Era(era) if era else None,
+        user_key,
+        country,
+    )
+
+
+def write_messages(conn: Connection, rows: Sequence[MessageRow]) -> None:
+    """Store messages with their statuses and unit, replacing what was stored.
 
     The caller passes the union of the stored statuses and the new ones, so a write never loses
-    a status; the conversation ids they carry are indexed in `message_conversations`.
-    `encoded`: more messages as (phone_number_id, message_key, `encode_statuses(...)`), whose
-    statuses carry no conversation id."""
-    rows = [(number, key, encode_statuses(facts)) for number, key, facts in messages]
-    rows += encoded
+    a status, and the unit the rules give for them."""
     if not rows:
         return
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    columns = ("phone_number_id", "message_key", "statuses", *_MESSAGE_UNIT)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
     conn.exec_driver_sql(
-        f"INSERT INTO message_facts (phone_number_id, message_key, statuses) "
-        f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (phone_number_id, message_key) "
-        f"DO UPDATE SET statuses = excluded.statuses",
-        sorted(rows, key=itemgetter(0, 1)),
+        f"INSERT INTO message_facts ({', '.join(columns)}) "
+        f"VALUES ({', '.join([mark] * len(columns))}) "
+        f"ON CONFLICT (phone_number_id, message_key) DO UPDATE SET {updates}",
+        [
+            (number, key, statuses, *_message_unit_values(unit))
+            for number, key, statuses, unit in sorted(rows, key=itemgetter(0, 1))
+        ],
     )
+
+
+def write_conversations(
+    conn: Connection, messages: Iterable[tuple[str, str, Collection[StatusFact]]]
+) -> None:
+    """Index the conversation ids that the statuses of (phone_number_id, message_key, statuses)
+    carry, in `message_conversations` (Rule C gathers a conversation's members from it)."""
     conversations = sorted({
         (number, f.conversation_id, key)
         for number, key, facts in messages
@@ -137,7 +174,7 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
     """From now on facts keyed by a BSUID belong to the linked phone number's customer.
 
     Returns the keys of the messages whose statuses changed customer: their units (and their
-    conversations') are to be recomputed, like any message whose facts changed."""
+    conversations') are to be recomputed and written, like any message whose facts changed."""
     conn.execute(
         update(inbound_messages)
         .where(
@@ -154,20 +191,23 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
             message_facts.c.statuses.like(f"%{bsuid_key}%"),
         )
     ).all()
-    write_messages(
-        conn,
-        [
-            (
-                phone_number_id,
-                key,
-                [
-                    f._replace(user_key=wa_key) if f.user_key == bsuid_key else f
-                    for f in decode_statuses(key, stored)
-                ],
-            )  # fmt: skip
-            for key, stored in rows
-        ],
-    )
+    if rows:
+        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        conn.exec_driver_sql(
+            f"UPDATE message_facts SET statuses = {mark} "
+            f"WHERE phone_number_id = {mark} AND message_key = {mark}",
+            [
+                (
+                    encode_statuses(
+                        f._replace(user_key=wa_key) if f.user_key == bsuid_key else f
+                        for f in decode_statuses(key, stored)
+                    ),
+                    phone_number_id,
+                    key,
+                )
+                for key, stored in rows
+            ],
+        )
     return [key for key, _ in rows]
 
 
@@ -191,15 +231,27 @@ def inbound_facts(
     return result
 
 
-def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
-    """{(phone_number_id, message_key): [StatusFact]} of the stored messages among `pairs`."""
+def messages_of(
+    conn: Connection, pairs: Iterable[Pair]
+) -> dict[Pair, tuple[list[StatusFact], CountedUnit | None]]:
+    """{(phone_number_id, message_key): (statuses, Rule P unit)} of the stored messages among
+    `pairs`."""
     rows = fetch_by_pairs(
         conn,
-        "SELECT phone_number_id, message_key, statuses FROM message_facts",
+        f"SELECT phone_number_id, message_key, statuses, {', '.join(_MESSAGE_UNIT)} "
+        "FROM message_facts",
         ("phone_number_id", "message_key"),
         pairs,
     )
-    return {(number, key): decode_statuses(key, stored) for number, key, stored in rows}
+    return {
+        (number, key): (decode_statuses(key, stored), _message_unit(key, unit))
+        for number, key, stored, *unit in rows
+    }
+
+
+def statuses_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, list[StatusFact]]:
+    """{(phone_number_id, message_key): [StatusFact]} of the stored messages among `pairs`."""
+    return {pair: statuses for pair, (statuses, _) in messages_of(conn, pairs).items()}
 
 
 def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, set[str]]:
@@ -361,18 +413,52 @@ def all_statuses(conn: Connection, phone_number_id: str) -> list[StatusFact]:
 
 
 def all_units(conn: Connection, phone_number_id: str) -> dict[str, CountedUnit]:
+    """{unit_key: unit} of every unit of the number, message units included."""
     rows = conn.execute(
         select(*_UNIT_COLUMNS).where(counted_units.c.phone_number_id == phone_number_id)
     )
-    return {row[0]: _unit(row) for row in rows}
+    units = {row[0]: _unit(row) for row in rows}
+    messages = conn.execute(
+        select(message_facts.c.message_key, *(message_facts.c[c] for c in _MESSAGE_UNIT)).where(
+            message_facts.c.phone_number_id == phone_number_id,
+            message_facts.c.unit_ts.is_not(None),
+        )
+    )
+    for key, *values in messages:
+        unit = _message_unit(key, values)
+        if unit is not None:
+            units[unit.unit_key] = unit
+    return units
 
 
 def replace_all_units(
     conn: Connection, phone_number_id: str, units: Mapping[str, CountedUnit]
 ) -> None:
+    """Make the number's units exactly `units`: message units in their messages' rows (every
+    message unit comes from a stored message), the others in `counted_units`."""
     conn.execute(delete(counted_units).where(counted_units.c.phone_number_id == phone_number_id))
-    if units:
-        conn.execute(
-            counted_units.insert(),
-            [_unit_row(phone_number_id, u) for _, u in sorted(units.items())],
+    others = [_unit_row(phone_number_id, u) for _, u in sorted(units.items())
+              if u.kind is not UnitKind.BILLABLE_MESSAGE]  # fmt: skip
+    if others:
+        conn.execute(counted_units.insert(), others)
+    conn.execute(
+        update(message_facts)
+        .where(
+            message_facts.c.phone_number_id == phone_number_id,
+            message_facts.c.unit_ts.is_not(None),
+        )
+        .values(dict.fromkeys(_MESSAGE_UNIT))
+    )
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    assignments = ", ".join(f"{c} = {mark}" for c in _MESSAGE_UNIT)
+    messages = [
+        (*_message_unit_values(u), phone_number_id, u.unit_key.removeprefix("P:"))
+        for _, u in sorted(units.items())
+        if u.kind is UnitKind.BILLABLE_MESSAGE
+    ]
+    if messages:
+        conn.exec_driver_sql(
+            f"UPDATE message_facts SET {assignments} "
+            f"WHERE phone_number_id = {mark} AND message_key = {mark}",
+            messages,
         )

@@ -173,7 +173,24 @@ message_facts = Table(
     # rules always read a message's statuses together, and one index entry per message instead
     # of one per status is what lets a backfill keep up (docs/benchmarks.md, "Import").
     Column("statuses", Text, nullable=False),
+    # The message's Rule P unit (`P:<message_key>`, kind `message`), if it counts as one: kept
+    # in its message's row, not in `counted_units`, which saves the unit's own random index
+    # write (docs/benchmarks.md, "Import"). `unit_ts` NULL: no unit.
+    Column("unit_ts", BigInteger),
+    Column("unit_bucket", String(16)),
+    Column("unit_category", String(48)),
+    Column("unit_pricing_type", String(48)),
+    Column("unit_era", String(4)),
+    Column("unit_user_key", String(32)),
+    Column("unit_country", String(2)),
     PrimaryKeyConstraint("phone_number_id", "message_key"),
+    Index(
+        None,
+        "phone_number_id",
+        "unit_ts",
+        sqlite_where=text("unit_ts IS NOT NULL"),
+        postgresql_where=text("unit_ts IS NOT NULL"),
+    ),
 )
 
 message_conversations = Table(
@@ -211,6 +228,8 @@ counted_units = Table(
     Column("era", String(4)),
     Column("user_key", String(32)),
     Column("country", String(2)),
+    # Incoming sessions (Rule I) and CBP conversations (Rule C); message units live in
+    # `message_facts`.
     PrimaryKeyConstraint("phone_number_id", "unit_key"),
     Index(None, "phone_number_id", "ts"),
     # Recomputing a customer's sessions looks them up by customer. Only sessions: an index entry
