@@ -141,7 +141,7 @@ def bench_import(statuses: int, workdir: Path) -> dict[str, Any]:
     base_seconds, base_rows = baseline_sqlite(history, workdir / "baseline.db")
     base_rate = base_rows / base_seconds
     results: dict[str, Any] = {"statuses": statuses, "baseline_rows_per_second": round(base_rate)}
-    for name, options in (("serial", ()), ("parallel", ("--parallel",))):
+    for name, options in (("serial", ("--serial",)), ("parallel", ())):
         run = _run_import(history, workdir, name, *options)
         rate = statuses / run["seconds"]
         run["statuses_per_second"] = round(rate)

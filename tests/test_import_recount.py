@@ -235,7 +235,7 @@ def test_parallel_import_stores_exactly_what_a_serial_one_does(
 
     code, parallel_out, err = run(database_url, "import", "--parallel", str(history))
     assert code == 0, err
-    code, serial_out, err = run(serial_url, "import", str(history))
+    code, serial_out, err = run(serial_url, "import", "--serial", str(history))
     assert code == 0, err
     # The same summary (the progress bar above it runs a chunk ahead in parallel).
     assert parallel_out.splitlines()[-1] == serial_out.splitlines()[-1]
@@ -259,8 +259,8 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
 def test_a_parsing_process_that_dies_ends_the_import_with_a_clear_error(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the `--parallel` helper process dies (killed, out of memory), the import says so in
-    one line, keeps what it committed, and a plain re-run finishes the file."""
+    """If the parsing process dies (killed, out of memory), the import says so in one line,
+    keeps what it committed, and a re-run finishes the file."""
     from concurrent.futures import Executor, Future
     from concurrent.futures.process import BrokenProcessPool
     from contextlib import contextmanager
@@ -280,11 +280,11 @@ def test_a_parsing_process_that_dies_ends_the_import_with_a_clear_error(
     monkeypatch.setattr(ingest_cli, "parsing_process", dead)
     history = tmp_path / "h.jsonl"
     write_history(history)
-    code, out, err = run(database_url, "import", "--parallel", str(history))
+    code, out, err = run(database_url, "import", str(history))  # parallel is the default
     assert code == 1
     assert "the parsing process stopped unexpectedly" in out + err
     assert "Traceback" not in out + err
-    code, out, err = run(database_url, "import", str(history))
+    code, out, err = run(database_url, "import", "--serial", str(history))
     assert code == 0, err
     assert "Read 56 bodies: 56 new" in out
 

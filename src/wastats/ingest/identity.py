@@ -32,7 +32,7 @@ class SecretKeyMissing(Exception):
 
 
 class CustomerHasher:
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, message_cache: int = 65_536) -> None:
         if len(key) < 16:
             raise ValueError("the secret key must be at least 16 bytes")
         self._key = key
@@ -47,7 +47,9 @@ class CustomerHasher:
         # caching the HMAC per identifier saves most of the work.
         self.phone_key = lru_cache(maxsize=65_536)(self._phone_key)
         self.bsuid_key = lru_cache(maxsize=65_536)(self._bsuid_key)
-        self.message_id = lru_cache(maxsize=65_536)(self._message_id)
+        # `message_cache`: a backfill meets a message's statuses close together, so its parsing
+        # process keeps a smaller cache (each entry holds two strings; memory is budgeted).
+        self.message_id = lru_cache(maxsize=message_cache)(self._message_id)
 
     @property
     def key(self) -> bytes:
