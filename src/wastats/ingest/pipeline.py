@@ -90,7 +90,7 @@ class MessageDraft(NamedTuple):
     """One message of a batch, stored and counted as if nothing were stored of it yet.
 
     True of nearly every message of a backfill, so `wastats import` has this done where the
-    batch is parsed (with `--parallel`, in the second process). The draft is small to send
+    batch is parsed (by default, in a second process). The draft is small to send
     between processes: the encoded `message_facts.statuses` value, not the facts. If the message
     turns out to be stored already, counting decodes the draft and merges as usual."""
 
