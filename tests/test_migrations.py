@@ -216,3 +216,27 @@ def test_message_units_move_into_message_rows_and_back_postgresql(
     pg_cluster: PostgresCluster,
 ) -> None:
     _on_empty_postgres_database(pg_cluster, "migrate_0005", _migrate_message_units)
+
+
+def test_a_failed_sqlite_upgrade_changes_nothing(tmp_path: Path) -> None:
+    """Schema changes and data moves are one transaction: a migration that fails (or is killed)
+    half-way leaves the database as it was, so the upgrade can simply be run again. (The sqlite3
+    module, left to itself, commits each ALTER on its own.)"""
+    from sqlalchemy import text
+
+    from wastats.store.db import create_migration_engine
+
+    def half_a_migration() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
+            conn.execute(text("INSERT INTO half_done VALUES (1)"))
+            raise RuntimeError("killed")
+
+    engine = create_migration_engine(f"sqlite:///{tmp_path / 'atomic.db'}")
+    try:
+        with pytest.raises(RuntimeError):
+            half_a_migration()
+        with engine.connect() as conn:
+            assert "half_done" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()

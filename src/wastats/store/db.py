@@ -124,5 +124,18 @@ def create_database(url: str) -> Database:
 
 
 def create_migration_engine(url: str) -> Engine:
-    """A throwaway engine for Alembic: no pool, so nothing lingers after the upgrade."""
-    return create_engine(url, poolclass=NullPool)
+    """A throwaway engine for Alembic: no pool, so nothing lingers after the upgrade.
+
+    On SQLite, the transaction is emitted by us, as for the service's engine: the sqlite3
+    module's own transactions begin only before INSERT, UPDATE or DELETE, which left schema
+    changes committed one by one; a killed upgrade then left a half-migrated database that
+    could not be upgraded again. With an explicit BEGIN the whole upgrade is one transaction."""
+    engine = create_engine(url, poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_manual_transactions)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return engine
+
+
+def _sqlite_manual_transactions(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
