@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Connection
 
 from wastats.counting.calendar import month_of
 from wastats.domain import accounts, numbers
 from wastats.domain.accounts import load_zone
+from wastats.ingest.pipeline import Pipeline
 from wastats.settings import Settings
 from wastats.store import counts as counts_repo
+from wastats.store import inbox as inbox_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.db import Database
 from wastats.store.schema import counted_units
@@ -112,3 +116,14 @@ def get_token(client: TestClient, tenant: Tenant, ip: str | None = None) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def count_batch(conn: Connection, pipeline: Pipeline, batch: list[bytes], *, draft: bool) -> None:
+    """Record raw bodies in the inbox and count the new ones in one step, as `wastats import`
+    counts a chunk (`draft`: prepared as it does, each message as if new)."""
+    new = inbox_repo.insert_bodies(
+        conn, [inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0) for b in batch]
+    )
+    by_sha = {hashlib.sha256(b).hexdigest(): b for b in batch}
+    prepared = pipeline.prepare([by_sha[sha] for sha in new], draft=draft)
+    pipeline.store(conn, prepared, list(new.values()), 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,12 +14,11 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from conftest import FIXTURES, SECRET_KEY, make_settings
-from helpers import add_number, create_tenant
+from helpers import add_number, count_batch, create_tenant
 from wastats.cli import app
 from wastats.ingest import importer
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import Pipeline
-from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 from webhooks import PHONE_NUMBER_ID, at, envelope, inbound, status
 
@@ -297,16 +295,7 @@ def _store_batches(url: str, batches: list[list[bytes]], *, draft: bool) -> None
     try:
         for batch in batches:
             with db.write() as conn:
-                new = inbox_repo.insert_bodies(
-                    conn,
-                    [
-                        inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0)
-                        for b in batch
-                    ],
-                )
-                by_sha = {hashlib.sha256(b).hexdigest(): b for b in batch}
-                prepared = pipeline.prepare([by_sha[sha] for sha in new], draft=draft)
-                pipeline.store(conn, prepared, list(new.values()), 0)
+                count_batch(conn, pipeline, batch, draft=draft)
     finally:
         db.dispose()
 

@@ -24,14 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SECRET_KEY, drop_postgres_database, make_settings, new_postgres_database
-from helpers import add_number, create_tenant
+from helpers import add_number, count_batch, create_tenant
 from pgcluster import PostgresCluster
 from reference_counting import reference_monthly_counts
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import recount_number
 from wastats.store import counts as counts_repo
-from wastats.store import inbox as inbox_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.db import Database
 from webhooks import PHONE_NUMBER_ID, at, envelope, generated_inbound, generated_status
@@ -130,16 +129,7 @@ def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int
             if register_at == 1 and index == len(batches) // 2:
                 add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
             with db.write() as conn:
-                new = inbox_repo.insert_bodies(
-                    conn,
-                    [
-                        inbox_repo.NewBody(hashlib.sha256(r).hexdigest(), r, "import", 0)
-                        for r in batch
-                    ],
-                )
-                by_sha = {hashlib.sha256(r).hexdigest(): r for r in batch}
-                prepared = pipeline.prepare([by_sha[s] for s in new], draft=draft)
-                pipeline.store(conn, prepared, list(new.values()), 0)
+                count_batch(conn, pipeline, batch, draft=draft)
         if register_at == 2:
             add_number(config, tenant, "15550783881", PHONE_NUMBER_ID)
 
