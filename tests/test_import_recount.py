@@ -330,3 +330,44 @@ def test_drafted_batches_store_exactly_what_plain_ones_do(
     message_units = [row for row in drafted["message_facts"] if row[3] is not None]
     assert len(message_units) >= 5
     assert len(drafted["counted_units"]) >= 10
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2), (2, 0, 1)])
+def test_a_message_seen_with_and_without_the_phone_number_is_one_fact(
+    database_url: str, order: tuple[int, ...]
+) -> None:
+    """Meta may send one inbound message once with the customer's phone number and once with
+    the business-scoped user id only. Once a payload links the two, they are one customer, and
+    the two copies (same wamid, same time) one fact with one session, in any order; moving the
+    BSUID's copy onto the phone number's must merge it, not collide with it."""
+    from wastats.ingest.recount import recount_number
+    from wastats.store import facts as facts_repo
+
+    t = at("2025-09-03 10:00")
+    bsuid = "US.1349120865530"
+    bsuid_only = inbound("16505551234", t, "wamid.X")
+    del bsuid_only["messages"][0]["from"]
+    bsuid_only["contacts"] = [{"profile": {"name": "x"}, "user_id": bsuid}]
+    with_phone = inbound("16505551234", t, "wamid.X")  # no BSUID: nothing links yet
+    link = inbound("16505551234", t + 3600, "wamid.Y", user_id=bsuid)
+    bodies = [json.dumps(envelope(v)).encode() for v in (bsuid_only, with_phone, link)]
+    pipeline = Pipeline(CustomerHasher(SECRET_KEY.encode()))
+    db = Database(database_url, pool_size=1)
+    try:
+        for index in order:
+            with db.write() as conn:
+                count_batch(conn, pipeline, [bodies[index]], draft=False)
+        with db.write() as conn:
+            assert not recount_number(conn, PHONE_NUMBER_ID, repair=False).differs
+            units = facts_repo.all_units(conn, PHONE_NUMBER_ID)
+            copies = conn.execute(text("SELECT user_key, ts, country FROM inbound_messages")).all()
+    finally:
+        db.dispose()
+    phone_key = pipeline.hasher.phone_key("16505551234")
+    assert sorted(tuple(row) for row in copies) == [
+        (phone_key, t, "US"),
+        (phone_key, t + 3600, "US"),
+    ]
+    assert [(u.bucket, u.user_key, u.timestamp) for u in units.values()] == [
+        ("incoming", phone_key, t)
+    ]

@@ -63,7 +63,10 @@ conversation = st.one_of(
         st.one_of(st.none(), times),
     ),  # fmt: skip
 )
-inbound_event = st.tuples(st.just("in"), users, times)
+# Meta never reuses a wamid, but a placeholder-filled test payload does (the fixtures hold two
+# different messages both called `wamid.ID`): a reused wamid must not make counts depend on order.
+inbound_wamids = st.sampled_from([None, None, "wamid.ID", "wamid.ID2"])
+inbound_event = st.tuples(st.just("in"), users, times, inbound_wamids)
 status_event = st.tuples(
     st.just("st"),
     st.sampled_from(["m1", "m2", "m3", "m4", "m5"]),
@@ -79,8 +82,8 @@ event_lists = st.lists(st.one_of(inbound_event, status_event), min_size=1, max_s
 def to_value(event: tuple[Any, ...]) -> dict[str, Any]:
     metadata = {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID}
     if event[0] == "in":
-        _, user, ts = event
-        return generated_inbound(metadata, user, ts, f"wamid.in.{user}.{ts}")
+        _, user, ts, wamid = event
+        return generated_inbound(metadata, user, ts, wamid or f"wamid.in.{user}.{ts}")
     _, wamid, state, ts, conv, price, user = event
     return generated_status(metadata, wamid, state, ts, user, conv, price)
 

@@ -28,10 +28,18 @@ def _check_fresh_upgrade(url: str) -> None:
                 MigrationContext.configure(conn, opts={"compare_type": True}), metadata
             )
             tables = set(inspect(conn).get_table_names())
+            # Alembic's comparison does not look at primary keys: compare them here.
+            keys = {
+                name: inspect(conn).get_pk_constraint(name)["constrained_columns"]
+                for name in metadata.tables
+            }
     finally:
         engine.dispose()
     assert diff == []
     assert set(metadata.tables) <= tables
+    assert keys == {
+        name: [c.name for c in table.primary_key.columns] for name, table in metadata.tables.items()
+    }
 
 
 def test_upgrade_from_empty_sqlite(tmp_path: Path) -> None:
@@ -240,3 +248,48 @@ def test_a_failed_sqlite_upgrade_changes_nothing(tmp_path: Path) -> None:
             assert "half_done" not in inspect(conn).get_table_names()
     finally:
         engine.dispose()
+
+
+# --- 0006: inbound messages keyed by (number, wamid, customer, time) ----------------------------
+
+
+def _migrate_inbound_key(url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from wastats.store.migrate import alembic_config
+
+    insert = text("INSERT INTO inbound_messages (phone_number_id, wamid, user_key, ts, country) "
+                  "VALUES (:n, :w, :u, :t, :c)")  # fmt: skip
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0005")
+            old_rows = [{"n": "111", "w": "w1", "u": "u1", "t": 10, "c": "IL"},
+                        {"n": "111", "w": "w2", "u": "u2", "t": 20, "c": None}]  # fmt: skip
+            conn.execute(insert, old_rows)
+            command.upgrade(alembic_config(conn), "0006")
+            key = inspect(conn).get_pk_constraint("inbound_messages")["constrained_columns"]
+            assert key == ["phone_number_id", "wamid", "user_key", "ts"]
+            # A second copy of w1, from another customer and earlier, is a fact of its own now.
+            conn.execute(insert, {"n": "111", "w": "w1", "u": "u3", "t": 9, "c": None})
+            assert conn.execute(text("SELECT count(*) FROM inbound_messages")).scalar() == 3
+
+            command.downgrade(alembic_config(conn), "0005")
+            key = inspect(conn).get_pk_constraint("inbound_messages")["constrained_columns"]
+            assert key == ["phone_number_id", "wamid"]
+            left = conn.execute(text("SELECT wamid, user_key, ts FROM inbound_messages ORDER BY 1"))
+            assert [tuple(r) for r in left] == [("w1", "u3", 9), ("w2", "u2", 20)]  # the earliest
+    finally:
+        engine.dispose()
+
+
+def test_inbound_copies_get_a_key_of_their_own_and_back_sqlite(tmp_path: Path) -> None:
+    _migrate_inbound_key(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_inbound_copies_get_a_key_of_their_own_and_back_postgresql(
+    pg_cluster: PostgresCluster,
+) -> None:
+    _on_empty_postgres_database(pg_cluster, "migrate_0006", _migrate_inbound_key)

@@ -243,13 +243,14 @@ class Pipeline:
                 batch_statuses[(number, fact.message_key)].add(fact)
             drafts.update(((number, d.message_key), d) for d in batch.drafts)
         # The inbound facts stored before this batch (a fresh import finds none), merged with the
-        # batch's own exactly as the database keeps them: a wamid already stored, or repeated
-        # within the batch, is ignored (ON CONFLICT DO NOTHING, first one wins).
+        # batch's own exactly as the database keeps them: one per (wamid, customer, time), its
+        # country merged (`facts.insert_inbound`).
         times = facts_repo.inbound_facts(conn, [(n, u) for n, us in users.items() for u in us])
         had_units.update(times)
         for row in inbound:
             per_user = times.setdefault((row["phone_number_id"], row["user_key"]), {})
-            per_user.setdefault(row["wamid"], (row["ts"], row["country"]))
+            key = (row["wamid"], row["ts"])
+            per_user[key] = facts_repo.merged_country(per_user.get(key), row["country"])
         stored_messages = facts_repo.messages_of(conn, batch_statuses.keys() | drafts.keys())
         statuses = {pair: facts for pair, (facts, _) in stored_messages.items()}
         message_units = {pair: unit for pair, (_, unit) in stored_messages.items()}
@@ -433,7 +434,7 @@ class Pipeline:
         users: dict[str, set[str]],
         messages: dict[str, set[str]],
         *,
-        times: dict[Pair, dict[str, tuple[int, str | None]]],
+        times: dict[Pair, facts_repo.InboundTimes],
         statuses: dict[Pair, list[StatusFact]],
         had_units: set[Pair],
         message_units: Mapping[Pair, CountedUnit | None],
@@ -452,7 +453,7 @@ class Pipeline:
 
         customers = [(number, user) for number, keys in users.items() for user in keys]
         for number, user in customers:
-            seen = list(times.get((number, user), {}).values())
+            seen = [(ts, country) for (_, ts), country in times.get((number, user), {}).items()]
             for unit in rules.incoming_sessions(
                 user, (t for t, _ in seen), rules.user_country(seen)
             ):

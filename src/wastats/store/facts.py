@@ -1,7 +1,8 @@
 """Repository: the facts the counting rules need, and the counted units they produce.
 
 Facts are insert-only with natural unique keys, so a duplicate webhook is a no-op
-(`ON CONFLICT DO NOTHING`). Units are replaced per key when the rules recompute them.
+(`ON CONFLICT DO NOTHING`, or a commutative merge of what a copy adds). Units are replaced per
+key when the rules recompute them.
 Every query is scoped by `phone_number_id` first, which is also the leading column of every key.
 """
 
@@ -41,11 +42,39 @@ STATUS_FIELDS = ("status", "ts", "conversation_id", "conversation_origin", "expi
 _inbound_values = itemgetter(*INBOUND_COLUMNS)
 
 
+InboundTimes = dict[tuple[str, int], str | None]
+"""One customer's inbound messages: {(wamid key, timestamp): country}."""
+
+
+def merged_country(stored: str | None, new: str | None) -> str | None:
+    """The country kept for one inbound row seen with two countries: the larger one known.
+
+    A country derives from the customer's phone number (or BSUID), so two copies of one message
+    agree, or one of them lacks it; taking the larger known one is commutative, so the result
+    never depends on which copy came first. The database applies the same rule
+    (`insert_inbound`)."""
+    if new is None or (stored is not None and stored >= new):
+        return stored
+    return new
+
+
+def _insert_inbound_sql(conn: Connection) -> str:
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    keys = ", ".join(c.name for c in inbound_messages.primary_key.columns)
+    return (
+        f"INSERT INTO inbound_messages ({', '.join(INBOUND_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(INBOUND_COLUMNS))}) ON CONFLICT ({keys}) "
+        "DO UPDATE SET country = excluded.country WHERE excluded.country IS NOT NULL AND "
+        "(inbound_messages.country IS NULL OR excluded.country > inbound_messages.country)"
+    )
+
+
 def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
-    """Insert inbound-message facts; rows are dicts with at least INBOUND_COLUMNS."""
+    """Insert inbound-message facts; rows are dicts with at least INBOUND_COLUMNS.
+
+    A row already stored is left as it is, except for its country (`merged_country`)."""
     if rows:
-        sql = insert_ignore_sql(conn, inbound_messages, INBOUND_COLUMNS)
-        conn.exec_driver_sql(sql, [_inbound_values(r) for r in rows])
+        conn.exec_driver_sql(_insert_inbound_sql(conn), [_inbound_values(r) for r in rows])
 
 
 # --- a message's statuses, stored together ---------------------------------------------------
@@ -175,14 +204,27 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
 
     Returns the keys of the messages whose statuses changed customer: their units (and their
     conversations') are to be recomputed and written, like any message whose facts changed."""
-    conn.execute(
-        update(inbound_messages)
-        .where(
-            inbound_messages.c.phone_number_id == phone_number_id,
-            inbound_messages.c.user_key == bsuid_key,
-        )
-        .values(user_key=wa_key)
+    # Moved row by row through the same insert: the customer may already have a copy of the
+    # message at the same time (Meta sent it once with the phone number, once without).
+    of_bsuid = (
+        inbound_messages.c.phone_number_id == phone_number_id,
+        inbound_messages.c.user_key == bsuid_key,
     )
+    moved = conn.execute(
+        select(inbound_messages.c.wamid, inbound_messages.c.ts, inbound_messages.c.country).where(
+            *of_bsuid
+        )
+    ).all()
+    if moved:
+        conn.execute(delete(inbound_messages).where(*of_bsuid))
+        insert_inbound(
+            conn,
+            [
+                {"phone_number_id": phone_number_id, "wamid": wamid, "user_key": wa_key,
+                 "wa_key": wa_key, "bsuid_key": bsuid_key, "ts": ts, "country": country}
+                for wamid, ts, country in moved
+            ],
+        )  # fmt: skip
     # A status row holds the customer inside the message's JSON: rewrite the rows that mention
     # the BSUID key (a hex digest, so a LIKE match can only be that key).
     rows = conn.execute(
@@ -214,12 +256,10 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
 # --- reading facts back -------------------------------------------------------------------------
 
 
-def inbound_facts(
-    conn: Connection, pairs: Iterable[Pair]
-) -> dict[Pair, dict[str, tuple[int, str | None]]]:
-    """{(phone_number_id, user_key): {wamid: (timestamp, country)}} of the stored inbound
+def inbound_facts(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, InboundTimes]:
+    """{(phone_number_id, user_key): {(wamid, timestamp): country}} of the stored inbound
     messages of these customers."""
-    result: dict[Pair, dict[str, tuple[int, str | None]]] = {}
+    result: dict[Pair, InboundTimes] = {}
     rows = fetch_by_pairs(
         conn,
         "SELECT phone_number_id, user_key, wamid, ts, country FROM inbound_messages",
@@ -227,7 +267,7 @@ def inbound_facts(
         pairs,
     )
     for number, user_key, wamid, ts, country in rows:
-        result.setdefault((number, user_key), {})[wamid] = (int(ts), country)
+        result.setdefault((number, user_key), {})[(wamid, int(ts))] = country
     return result
 
 

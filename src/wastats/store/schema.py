@@ -158,7 +158,10 @@ inbound_messages = Table(
     Column("bsuid_key", String(32)),  # hash of the business-scoped user id, if any
     Column("ts", BigInteger, nullable=False),
     Column("country", String(2)),
-    PrimaryKeyConstraint("phone_number_id", "wamid"),
+    # One row per distinct (message, customer, time), like a message's statuses: Meta never
+    # reuses a wamid, but when two copies of one disagree, keeping both is what keeps the counts
+    # a function of the set of events received, whatever came first (migration 0006).
+    PrimaryKeyConstraint("phone_number_id", "wamid", "user_key", "ts"),
     Index(None, "phone_number_id", "user_key", "ts"),
 )
 
