@@ -84,15 +84,16 @@ def test_import_is_idempotent_and_recount_finds_no_difference(
     write_history(plain)
     write_history(packed)  # the same bodies, compressed: all duplicates
 
-    code, out, err = run(database_url, "import", str(plain), str(packed))
+    code, out, err = run(database_url, "import", str(plain))
     assert code == 0, err
-    assert "Read 112 bodies: 56 new, 56 already stored" in out
+    assert "Read 56 bodies: 56 new, 0 already stored" in out
     assert "counted 56 status updates and 56 incoming messages" in out
+    assert "112 events" in out  # the progress bar ends on the final count
     first = stats(database_url, client_id)
     assert first == [(202502, "incoming", 56), (202502, "marketing", 28)]
 
-    code, out, _ = run(database_url, "import", str(plain))
-    assert "0 new, 56 already stored" in out
+    code, out, _ = run(database_url, "import", str(packed), str(plain))
+    assert "Read 112 bodies: 0 new, 112 already stored" in out
     assert stats(database_url, client_id) == first
 
     code, out, _ = run(database_url, "recount")

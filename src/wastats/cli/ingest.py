@@ -90,6 +90,7 @@ def import_command(
                 import_file(
                     db, pipeline, path, now=now(), report=report, on_bytes=advance, parser=parser
                 )
+                advance(0)  # the bar advances as bytes are read: the last chunk counts after
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")
     except BrokenProcessPool:
