@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -372,3 +373,30 @@ def test_a_message_seen_with_and_without_the_phone_number_is_one_fact(
     assert [(u.bucket, u.user_key, u.timestamp) for u in units.values()] == [
         ("incoming", phone_key, t)
     ]
+
+
+@pytest.mark.parametrize("parallel", ["--parallel", "--serial"])
+def test_a_damaged_gzip_file_keeps_what_came_before_the_damage(
+    database_url: str, tmp_path: Path, parallel: str
+) -> None:
+    """A backup cut short (a copy that ran out of disk, a transfer broken off) must not cost the
+    history before the cut, nor the other files of the same import, and must be said plainly."""
+    whole, cut, other = tmp_path / "a.jsonl.gz", tmp_path / "cut.jsonl.gz", tmp_path / "b.jsonl"
+    write_history(whole)
+    packed = whole.read_bytes()
+    cut.write_bytes(packed[: len(packed) // 2])
+    complete = zlib.decompressobj(31).decompress(cut.read_bytes())  # all that is readable
+    kept = complete.count(b"\n")  # the lines before the cut, each whole
+    assert 0 < kept < 56
+    other.write_text(json.dumps(envelope(inbound("972503333333", at("2025-03-01 10:00")))) + "\n")
+
+    code, out, err = run(database_url, "import", parallel, str(cut), str(other))
+    assert code == 1
+    assert "cut.jsonl.gz is damaged (Compressed file ended" in err
+    assert f"the {kept} complete bodies before the damage were read and kept" in err
+    assert f"Read {kept + 1} bodies: {kept + 1} new" in out
+    assert "Traceback" not in out + err
+
+    code, out, err = run(database_url, "import", str(whole))  # the intact copy finishes it
+    assert code == 0, err
+    assert f"Read 56 bodies: {56 - kept} new, {kept} already stored" in out

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
 from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
-from wastats.ingest.importer import ImportReport, import_file, parsing_process
+from wastats.ingest.importer import DamagedFile, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import numbers_to_recount, recount_number
 from wastats.store import counts as counts_repo
@@ -61,6 +61,7 @@ def import_command(
     No signature is needed: whoever can run this command can write to the database anyway."""
     pipeline, db = _pipeline_and_db()
     report = ImportReport()
+    damaged: list[str] = []
     total = sum(f.stat().st_size for f in files)
     try:
         with (
@@ -87,9 +88,13 @@ def import_command(
                         events=report.counted.statuses + report.counted.inbound,
                     )
 
-                import_file(
-                    db, pipeline, path, now=now(), report=report, on_bytes=advance, parser=parser
-                )
+                try:
+                    import_file(
+                        db, pipeline, path, now=now(), report=report, on_bytes=advance,
+                        parser=parser,
+                    )  # fmt: skip
+                except DamagedFile as exc:
+                    damaged.append(str(exc))  # the other files are still imported
                 advance(0)  # the bar advances as bytes are read: the last chunk counts after
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")
@@ -110,6 +115,8 @@ def import_command(
         highlight=False,
         soft_wrap=True,
     )
+    if damaged:
+        fail("; ".join(damaged))
 
 
 def recount_command(

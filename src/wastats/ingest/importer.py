@@ -26,13 +26,15 @@ import gc
 import gzip
 import hashlib
 import multiprocessing
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from io import BufferedIOBase, BufferedReader
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -63,25 +65,60 @@ class ImportReport:
             self.counted = BatchReport()
 
 
-def open_lines(raw: BinaryIO) -> BinaryIO:
+def open_lines(raw: BufferedReader) -> BufferedIOBase:
     """The lines of a `.jsonl` or gzip-compressed file (by its magic bytes, whatever its name)."""
     magic = raw.read(2)
     raw.seek(0)
     if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     return raw
 
 
+class DamagedFile(Exception):
+    """A compressed file that ends early or is corrupt part-way. Everything before the damage
+    was imported (and committed); the message says where it stopped."""
+
+
+@dataclass
+class _Damage:
+    error: Exception | None = None
+
+
+def _blocks(stream: BufferedIOBase, damage: _Damage) -> Iterator[bytes]:
+    """About `CHUNK_BYTES` of `stream` at a time, until its end or its damage.
+
+    `read1`, not `read`: on a truncated gzip file `read(n)` raises and drops everything it had
+    decompressed in that call, while `read1` returns each piece as it is decompressed, so a
+    damaged file loses nothing before the damage. (On a plain file each is one system call.)"""
+    block = b""
+    while True:
+        try:
+            piece = stream.read1(CHUNK_BYTES - len(block))
+        except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            damage.error = exc
+            piece = b""
+        if piece:
+            block += piece
+            if len(block) < CHUNK_BYTES:
+                continue
+        if block:
+            yield block
+            block = b""
+        if not piece:
+            return
+
+
 def _chunks(
-    raw: BinaryIO, stream: BinaryIO, on_bytes: Callable[[int], None]
+    raw: BufferedReader, stream: BufferedIOBase, on_bytes: Callable[[int], None], damage: _Damage
 ) -> Iterator[list[bytes]]:
     """The non-empty lines of `stream`, about `CHUNK_BYTES` at a time.
 
     Read in large blocks and split, not line by line: a line is a whole webhook body (up to
-    3 MB), and a block read is one system call where line iteration makes several per body."""
+    3 MB), and a block read is one system call where line iteration makes several per body.
+    A damaged file's last, cut-off line is not a body, and is left out."""
     position = 0
     rest = b""
-    while block := stream.read(CHUNK_BYTES):
+    for block in _blocks(stream, damage):
         # Progress in bytes of the file on disk, so a compressed file's bar ends at 100%.
         now_at = raw.tell()
         on_bytes(now_at - position)
@@ -91,7 +128,7 @@ def _chunks(
         chunk = [body for body in (line.strip() for line in lines) if body]
         if chunk:
             yield chunk
-    if rest.strip():
+    if rest.strip() and damage.error is None:
         yield [rest.strip()]
 
 
@@ -209,6 +246,8 @@ def import_file(
     """Import one file. With `parser` (from `parsing_process`), each chunk is parsed there while
     the one before it is being stored; without, everything runs in this process."""
     ahead: deque[tuple[list[bytes], Future[_Chunk]]] = deque()
+    damage = _Damage()
+    lines_before = report.lines
     # The collector stays off for the whole file, not just while a chunk is counted: a parsed
     # chunk arrives (is unpickled) on a thread of the executor, while this one works.
     with (
@@ -217,7 +256,7 @@ def import_file(
         open_lines(raw) as stream,
         _GroupedWrites(db) as writes,
     ):
-        for lines in _chunks(raw, stream, on_bytes):
+        for lines in _chunks(raw, stream, on_bytes, damage):
             if parser is None:
                 _store(writes, pipeline, lines, _prepare(lines, pipeline), now=now, report=report)
                 continue
@@ -228,6 +267,13 @@ def import_file(
         while ahead:
             lines, parsed = ahead.popleft()
             _store(writes, pipeline, lines, parsed.result(), now=now, report=report)
+    if damage.error is not None:
+        # Raised only now, after the transaction above committed what came before the damage.
+        raise DamagedFile(
+            f"{path.name} is damaged ({damage.error}); the {report.lines - lines_before} "
+            "complete bodies before the damage were read and kept, the rest of the file could not "
+            "be read"
+        )
 
 
 def _store(
