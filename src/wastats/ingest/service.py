@@ -184,10 +184,7 @@ class IngestService:
         except Exception as exc:
             self.stats.store_errors += len(batch)
             log.error("could not store %d webhook bodies: %s", len(batch), exc)
-            for pending in batch:
-                _resolve(
-                    pending, IngestUnavailable(f"could not store the body: {type(exc).__name__}")
-                )
+            _resolve(batch, IngestUnavailable(f"could not store the body: {type(exc).__name__}"))
             self._track(-len(batch))
             return
         self.stats.accepted += len(new_ids)
@@ -196,8 +193,7 @@ class IngestService:
         self._track(-(len(batch) - len(new_ids)))
         if new_ids:
             self._committed.put(sorted(new_ids.values()))
-        for pending in batch:
-            _resolve(pending, None)
+        _resolve(batch, None)
 
     # --- the processor thread ---------------------------------------------------------------
 
@@ -324,15 +320,23 @@ class IngestService:
         self.stats.newest_event = max(self.stats.newest_event, report.newest_event)
 
 
-def _resolve(pending: _Pending, error: Exception | None) -> None:
-    def settle() -> None:
-        if pending.future.done():
-            return
-        if error is None:
-            pending.future.set_result(None)
-        else:
-            pending.future.set_exception(error)
+def _resolve(batch: list[_Pending], error: Exception | None) -> None:
+    """Answer every request of a batch: one wake-up of each event loop for the whole batch, not
+    one per request (each wake-up is a write to the loop's self-pipe and a turn of the loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for pending in batch:
+        by_loop.setdefault(pending.loop, []).append(pending.future)
 
-    # RuntimeError: the request's event loop is gone (client disconnected at shutdown).
-    with contextlib.suppress(RuntimeError):
-        pending.loop.call_soon_threadsafe(settle)
+    def settle(futures: list[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    for loop, futures in by_loop.items():
+        # RuntimeError: the request's event loop is gone (client disconnected at shutdown).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, futures)
