@@ -1,6 +1,7 @@
 """Property tests of the whole ingestion path on a real database.
 
-Generated streams of inbound messages and statuses (several customers, messages, conversations,
+Generated streams of inbound messages and statuses (several customers, named by phone number,
+by business-scoped user id or by both, messages, conversations,
 both pricing eras, times clustered at month ends, 24-hour edges and the PMP switch) are packed
 into webhook bodies, shuffled, duplicated, split into arbitrary batches and run through the real
 parser, pipeline and storage. The monthly counts must equal those of the independent reference
@@ -66,7 +67,11 @@ conversation = st.one_of(
 # Meta never reuses a wamid, but a placeholder-filled test payload does (the fixtures hold two
 # different messages both called `wamid.ID`): a reused wamid must not make counts depend on order.
 inbound_wamids = st.sampled_from([None, None, "wamid.ID", "wamid.ID2"])
-inbound_event = st.tuples(st.just("in"), users, times, inbound_wamids)
+# How the customer is named: by phone number, by business-scoped user id (BSUID) only, or by
+# both, which links the two (spec: the same user from then on, whatever arrived before).
+BSUIDS = {"972501111111": "IL.1111", "972502222222": "IL.2222", "14155550100": "US.0100"}
+identities = st.sampled_from(["phone", "phone", "bsuid", "both"])
+inbound_event = st.tuples(st.just("in"), users, times, inbound_wamids, identities)
 status_event = st.tuples(
     st.just("st"),
     st.sampled_from(["m1", "m2", "m3", "m4", "m5"]),
@@ -75,6 +80,7 @@ status_event = st.tuples(
     conversation,
     pricing,
     users,
+    identities,
 )
 event_lists = st.lists(st.one_of(inbound_event, status_event), min_size=1, max_size=25)
 
@@ -82,16 +88,34 @@ event_lists = st.lists(st.one_of(inbound_event, status_event), min_size=1, max_s
 def to_value(event: tuple[Any, ...]) -> dict[str, Any]:
     metadata = {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID}
     if event[0] == "in":
-        _, user, ts, wamid = event
-        return generated_inbound(metadata, user, ts, wamid or f"wamid.in.{user}.{ts}")
-    _, wamid, state, ts, conv, price, user = event
-    return generated_status(metadata, wamid, state, ts, user, conv, price)
+        _, user, ts, wamid, identity = event
+        value = generated_inbound(metadata, user, ts, wamid or f"wamid.in.{user}.{ts}")
+        contact, message = value["contacts"][0], value["messages"][0]
+        if identity != "phone":
+            contact["user_id"] = BSUIDS[user]
+        if identity == "bsuid":
+            del contact["wa_id"], message["from"]
+        return value
+    _, wamid, state, ts, conv, price, user, identity = event
+    value = generated_status(metadata, wamid, state, ts, user, conv, price)
+    entry = value["statuses"][0]
+    if identity != "phone":
+        entry["recipient_user_id"] = BSUIDS[user]
+    if identity == "bsuid":
+        del entry["recipient_id"]
+    return value
 
 
 def to_reference(events: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
-    inbound = [(e[1], e[2]) for e in events if e[0] == "in"]
+    # A BSUID-only customer is their phone number's if any event links the two, else their own.
+    linked = {e[1] if e[0] == "in" else e[6] for e in events if e[-1] == "both"}
+
+    def who(user: str, identity: str) -> str:
+        return BSUIDS[user] if identity == "bsuid" and user not in linked else user
+
+    inbound = [(who(e[1], e[4]), e[2]) for e in events if e[0] == "in"]
     statuses = []
-    for _, wamid, state, ts, conv, price, user in (e for e in events if e[0] == "st"):
+    for _, wamid, state, ts, conv, price, user, _ in (e for e in events if e[0] == "st"):
         c_id, origin, expiration = conv if conv else (None, None, None)
         model, category, type_, billable = price if price else (None, None, None, None)
         statuses.append((wamid, state, ts, c_id, origin, expiration, model, type_, category,
@@ -151,7 +175,7 @@ def run_case(url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int
         db.dispose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=deliveries())
 def test_any_order_duplication_and_batching_give_the_reference_counts_sqlite(
     sqlite_template: Path, case: Any
