@@ -11,6 +11,7 @@ from wastats.domain.errors import Conflict, InvalidInput, NotFound
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
+from wastats.store import locks as locks_repo
 from wastats.store import numbers as repo
 from wastats.store.numbers import NumberRow
 
@@ -55,6 +56,7 @@ def add_number(
         coexistence=coexistence,
         created_at=now,
     )
+    locks_repo.hold_counting_lock(conn)  # no batch for this number may be counted meanwhile
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
     # building its rollups now makes all of that history visible at once.
@@ -79,6 +81,7 @@ def remove_number(conn: Connection, number: str) -> NumberRow:
     """Unregister a number. Its facts stay (as for any unregistered number), so adding it
     again, to this or another account, brings its counts back."""
     row = find_number(conn, number)
+    locks_repo.hold_counting_lock(conn)
     counts_repo.replace_rollups(conn, row.phone_number_id, {})  # the account's sums follow
     repo.delete_number(conn, row.phone_number_id)
     return row

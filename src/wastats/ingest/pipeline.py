@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from wastats.counting import rules
 from wastats.counting.model import CountedUnit, StatusFact
@@ -33,15 +33,11 @@ from wastats.store import activity as activity_repo
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
 from wastats.store import inbox as inbox_repo
+from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.facts import Pair
 from wastats.whatsapp.events import InboundMessage, ParseResult, StatusUpdate
 from wastats.whatsapp.payload import parse_webhook
-
-# Processing takes this PostgreSQL advisory lock for its transaction, so batches from several
-# processes never recompute the same customer or conversation at once. Accepting webhooks
-# (the inbox insert) needs no lock and scales with processes; see docs/deployment.md.
-PG_PROCESSING_LOCK = 7_420_113_902
 
 MAX_TIMESTAMP = 10**10  # 2286-11-20: anything later is not a real event time
 
@@ -191,8 +187,9 @@ class Pipeline:
     ) -> BatchReport:
         """Count a prepared batch and record the outcome of each body (`inbox_ids`: the inbox
         row of each body given to `prepare`, in the same order)."""
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_PROCESSING_LOCK})
+        # Batches from several processes never recompute the same customer or conversation at
+        # once. Accepting webhooks (the inbox insert) needs no lock and scales with processes.
+        locks_repo.hold_counting_lock(conn)
         report = prepared.report
         per_number = prepared.per_number
         outcomes = [

@@ -16,6 +16,7 @@ from wastats.counting import rules
 from wastats.domain.accounts import load_zone
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
+from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
 
 
@@ -37,6 +38,9 @@ class NumberRecount:
 
 
 def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> NumberRecount:
+    # Facts, units and rollups read as one state, with no batch counted in between (a live
+    # service may be counting on PostgreSQL meanwhile: without the lock, false differences).
+    locks_repo.hold_counting_lock(conn)
     expected = {
         unit.unit_key: unit
         for unit in rules.count_all(
