@@ -90,20 +90,22 @@ def _blocks(stream: BufferedIOBase, damage: _Damage) -> Iterator[bytes]:
     `read1`, not `read`: on a truncated gzip file `read(n)` raises and drops everything it had
     decompressed in that call, while `read1` returns each piece as it is decompressed, so a
     damaged file loses nothing before the damage. (On a plain file each is one system call.)"""
-    block = b""
+    pieces: list[bytes] = []  # joined once per block: a gzip piece is some 100 KB
+    size = 0
     while True:
         try:
-            piece = stream.read1(CHUNK_BYTES - len(block))
+            piece = stream.read1(CHUNK_BYTES - size)
         except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
             damage.error = exc
             piece = b""
         if piece:
-            block += piece
-            if len(block) < CHUNK_BYTES:
+            pieces.append(piece)
+            size += len(piece)
+            if size < CHUNK_BYTES:
                 continue
-        if block:
-            yield block
-            block = b""
+        if pieces:
+            yield b"".join(pieces)
+            pieces, size = [], 0
         if not piece:
             return
 
