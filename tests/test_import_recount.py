@@ -392,7 +392,7 @@ def test_a_damaged_gzip_file_keeps_what_came_before_the_damage(
 
     code, out, err = run(database_url, "import", parallel, str(cut), str(other))
     assert code == 1
-    assert "cut.jsonl.gz is damaged (Compressed file ended" in err
+    assert "cut.jsonl.gz: the file is damaged (Compressed file ended" in err
     assert f"the {kept} complete bodies before the damage were read and kept" in err
     assert f"Read {kept + 1} bodies: {kept + 1} new" in out
     assert "Traceback" not in out + err
@@ -400,3 +400,60 @@ def test_a_damaged_gzip_file_keeps_what_came_before_the_damage(
     code, out, err = run(database_url, "import", str(whole))  # the intact copy finishes it
     assert code == 0, err
     assert f"Read 56 bodies: {56 - kept} new, {kept} already stored" in out
+
+
+def test_a_json_array_or_a_pretty_printed_body_imports_like_json_lines(
+    database_url: str, tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Exports and saved examples are often one JSON document (an array of bodies, or one body
+    over many lines) rather than JSON Lines: each body of it is imported as if it were a line,
+    where it used to be split into hundreds of broken 'bodies', each stored as rejected."""
+    files = sorted(FIXTURES.glob("*.json"))
+    bodies = [json.loads(path.read_bytes()) for path in files]
+    array = tmp_path / "export.json"
+    array.write_text(json.dumps(bodies, indent=2))
+    packed = tmp_path / "one-line-array.json.gz"
+    packed.write_bytes(gzip.compress(json.dumps(bodies[:3]).encode()))
+    code, out, err = run(database_url, "import", str(array), str(files[0]), str(packed))
+    assert code == 0, err
+    assert f"Read {len(files) + 1 + 3} bodies" in out
+    assert "8 bodies rejected" in out  # the fixtures that are not webhooks, as over HTTP
+
+    lines = tmp_path / "fixtures.jsonl"
+    lines.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    shutil.copyfile(sqlite_template, tmp_path / "lines.db")
+    lines_url = f"sqlite:///{tmp_path / 'lines.db'}"
+    assert run(lines_url, "import", str(lines))[0] == 0
+    assert _dump(database_url)["counted_units"] == _dump(lines_url)["counted_units"]
+
+
+def test_json_lines_with_a_broken_first_line_are_still_json_lines(
+    database_url: str, tmp_path: Path
+) -> None:
+    history = tmp_path / "history.jsonl"
+    write_history(history)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(
+        b'{"object": "whatsapp_business_account", "entry": [\n' + history.read_bytes()
+    )
+    code, out, err = run(database_url, "import", str(broken))
+    assert code == 0, err
+    assert "Read 57 bodies: 57 new" in out
+    assert "counted 56 status updates and 56 incoming messages; 1 bodies rejected" in out
+
+
+def test_a_json_document_too_large_to_read_whole_is_refused_with_a_hint(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "DOCUMENT_LIMIT", 10_000)
+    monkeypatch.setattr(importer, "CHUNK_BYTES", 4_000)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps([json.loads(p.read_bytes()) for p in sorted(FIXTURES.glob("*"))
+                               if p.suffix == ".json"], indent=1))  # fmt: skip
+    small = tmp_path / "small.jsonl"
+    write_history(small)
+    code, out, err = run(database_url, "import", "--serial", str(big), str(small))
+    assert code == 1
+    assert "big.json: the file is one JSON document over" in err
+    assert "jq -c '.[]'" in err
+    assert "Read 56 bodies: 56 new" in out  # the other file still imported, nothing of big.json

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
 from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
-from wastats.ingest.importer import DamagedFile, ImportReport, import_file, parsing_process
+from wastats.ingest.importer import ImportFileError, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import numbers_to_recount, recount_number
 from wastats.store import counts as counts_repo
@@ -93,8 +93,8 @@ def import_command(
                         db, pipeline, path, now=now(), report=report, on_bytes=advance,
                         parser=parser,
                     )  # fmt: skip
-                except DamagedFile as exc:
-                    damaged.append(str(exc))  # the other files are still imported
+                except ImportFileError as exc:
+                    damaged.append(f"{path.name}: {exc}")  # the other files are still imported
                 advance(0)  # the bar advances as bytes are read: the last chunk counts after
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")

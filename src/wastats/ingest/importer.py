@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
+import itertools
 import multiprocessing
 import zlib
 from collections import deque
@@ -36,12 +37,16 @@ from io import BufferedIOBase, BufferedReader
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection
 
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import BatchReport, Pipeline, PreparedBatch
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
+
+_decode_array = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 
 CHUNK_BYTES = 3 * 1024 * 1024
 """Input counted at a time: bounds memory (measured at the 1M import: 3 MB chunks hold both
@@ -74,9 +79,23 @@ def open_lines(raw: BufferedReader) -> BufferedIOBase:
     return raw
 
 
-class DamagedFile(Exception):
+DOCUMENT_LIMIT = 256 * 1024 * 1024
+"""The largest file imported as one JSON document (an array of bodies, or one pretty-printed
+body): such a file is read whole. JSON Lines stream, whatever their size."""
+
+
+class ImportFileError(Exception):
+    """A file that could not be imported (whole or in part); the message says why and what was
+    kept. The import goes on with the next file."""
+
+
+class DamagedFile(ImportFileError):
     """A compressed file that ends early or is corrupt part-way. Everything before the damage
     was imported (and committed); the message says where it stopped."""
+
+
+class DocumentTooLarge(ImportFileError):
+    """A JSON document (not JSON Lines) over `DOCUMENT_LIMIT`: nothing of it was imported."""
 
 
 @dataclass
@@ -113,18 +132,35 @@ def _blocks(stream: BufferedIOBase, damage: _Damage) -> Iterator[bytes]:
 def _chunks(
     raw: BufferedReader, stream: BufferedIOBase, on_bytes: Callable[[int], None], damage: _Damage
 ) -> Iterator[list[bytes]]:
-    """The non-empty lines of `stream`, about `CHUNK_BYTES` at a time.
+    """The bodies of `stream`, about `CHUNK_BYTES` at a time: its non-empty lines (JSON Lines),
+    or, for a file that is one JSON document (an array of bodies, or one body over several
+    lines, as an export or a saved example is often written), the elements of that document.
 
     Read in large blocks and split, not line by line: a line is a whole webhook body (up to
     3 MB), and a block read is one system call where line iteration makes several per body.
     A damaged file's last, cut-off line is not a body, and is left out."""
     position = 0
+
+    def blocks() -> Iterator[bytes]:
+        nonlocal position
+        for block in _blocks(stream, damage):
+            # Progress in bytes of the file on disk, so a compressed file's bar ends at 100%.
+            now_at = raw.tell()
+            on_bytes(now_at - position)
+            position = now_at
+            yield block
+
+    read = blocks()
+    first = next(read, b"")
+    if _looks_like_a_document(first):
+        data = _whole(first, read)
+        elements = _elements(data)
+        if elements is not None:
+            yield from _grouped(elements)
+            return
+        read, first = iter(()), data  # not a JSON document after all: its lines, as any file
     rest = b""
-    for block in _blocks(stream, damage):
-        # Progress in bytes of the file on disk, so a compressed file's bar ends at 100%.
-        now_at = raw.tell()
-        on_bytes(now_at - position)
-        position = now_at
+    for block in itertools.chain([first], read):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
         chunk = [body for body in (line.strip() for line in lines) if body]
@@ -132,6 +168,60 @@ def _chunks(
             yield chunk
     if rest.strip() and damage.error is None:
         yield [rest.strip()]
+
+
+def _looks_like_a_document(block: bytes) -> bool:
+    """Whether a file starting with `block` is one JSON document rather than JSON Lines: its
+    first line opens an array or object and goes no further (pretty-printed), or is a whole
+    array. A first line that is merely broken JSON still means JSON Lines: that line is kept as
+    rejected, the others are imported."""
+    line = block.lstrip().split(b"\n", 1)[0].strip()
+    if line in (b"[", b"{", b"[{"):
+        return True
+    if not line.startswith(b"["):
+        return False
+    try:
+        return isinstance(msgspec.json.decode(line), list)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return True  # an array over several lines, e.g. `[{"object": ...,` first
+
+
+def _whole(first: bytes, rest: Iterator[bytes]) -> bytes:
+    pieces, size = [first], len(first)
+    for block in rest:
+        pieces.append(block)
+        size += len(block)
+        if size > DOCUMENT_LIMIT:
+            raise DocumentTooLarge(
+                f"the file is one JSON document over {DOCUMENT_LIMIT // 2**20} MB, which is read "
+                "whole; write it as JSON Lines, one body per line (for an array: "
+                "jq -c '.[]' FILE > bodies.jsonl), and import that: nothing of it was imported"
+            )
+    return b"".join(pieces)
+
+
+def _elements(data: bytes) -> list[bytes] | None:
+    """The bodies of a JSON document: an array's elements, each exactly as written, or the
+    document itself; None if it is not one valid JSON document."""
+    try:
+        if data.lstrip()[:1] == b"[":
+            return [bytes(element) for element in _decode_array(data)]
+        return [bytes(_decode_raw(data)).strip()]
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _grouped(bodies: list[bytes]) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    size = 0
+    for body in bodies:
+        chunk.append(body)
+        size += len(body)
+        if size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 @contextmanager
@@ -272,7 +362,7 @@ def import_file(
     if damage.error is not None:
         # Raised only now, after the transaction above committed what came before the damage.
         raise DamagedFile(
-            f"{path.name} is damaged ({damage.error}); the {report.lines - lines_before} "
+            f"the file is damaged ({damage.error}); the {report.lines - lines_before} "
             "complete bodies before the damage were read and kept, the rest of the file could not "
             "be read"
         )
