@@ -40,7 +40,8 @@ def import_command(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Files with one webhook body (JSON) per line; .gz compressed is fine.",
+            help="Files with one webhook body (JSON) per line, or one JSON array of bodies; "
+            ".gz compressed is fine.",
             exists=True,
             dir_okay=False,
             readable=True,
