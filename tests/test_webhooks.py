@@ -94,6 +94,19 @@ def test_without_app_secret_every_post_is_refused_with_503(database_url: str) ->
         assert response.json()["detail"] == "the webhook secret is not configured"
 
 
+def test_several_app_secrets_are_each_accepted(database_url: str) -> None:
+    """While a reset app secret is being rolled out (or for numbers of two Meta apps), both
+    secrets sign valid webhooks; anything else is still refused."""
+    settings = make_settings(database_url, meta_app_secret=f" old-secret , {APP_SECRET},")
+    raw = body(inbound("972501111111", at("2025-03-10 10:00")))
+    with TestClient(create_app(settings)) as client:
+        assert post(client, raw, secret="old-secret") == 200
+        assert post(client, raw.replace(b"hello", b"again"), secret=APP_SECRET) == 200
+        assert post(client, raw, secret="a-third-secret") == 401
+        assert post(client, raw, secret="old-secret , " + APP_SECRET) == 401  # not the list
+    assert make_settings(database_url, meta_app_secret=" , ").meta_app_secrets() == []
+
+
 # --- bodies that are signed but not understood ---------------------------------------------------
 
 

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     meta_app_secret: SecretStr | None = Field(
         default=None,
         description="Meta app secret; webhook POSTs must carry a valid `X-Hub-Signature-256` "
-        "made with it. Without it the webhook endpoint refuses every POST.",
+        "made with it. Without it the webhook endpoint refuses every POST. Several, separated "
+        "by commas, are all accepted: for the switch-over when the secret is reset, or for "
+        "numbers of several Meta apps.",
     )
     meta_verify_token: SecretStr | None = Field(
         default=None,
@@ -106,6 +108,13 @@ class Settings(BaseSettings):
             # Rewrite `postgresql://` to the psycopg 3 driver rather than making users know it.
             value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return value
+
+    def meta_app_secrets(self) -> list[bytes]:
+        """The app secrets webhook signatures are checked against (none: refuse every POST)."""
+        if self.meta_app_secret is None:
+            return []
+        given = self.meta_app_secret.get_secret_value().split(",")
+        return [secret.strip().encode() for secret in given if secret.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -33,6 +33,11 @@ class AppContext:
     clock: Callable[[], float] = time.time
     ingest: IngestService | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    meta_app_secrets: list[bytes] = field(init=False)
+    """From the settings, split once rather than on every webhook."""
+
+    def __post_init__(self) -> None:
+        self.meta_app_secrets = self.settings.meta_app_secrets()
 
     def now(self) -> int:
         return int(self.clock())

@@ -27,15 +27,16 @@ async def whatsapp_webhook(request: Request) -> Response:
     if request.method == "GET":
         return _verify(request)
     ctx = context_of(request)
-    secret = ctx.settings.meta_app_secret
-    if secret is None:
+    secrets = ctx.meta_app_secrets
+    if not secrets:
         # Not 401: nothing is wrong with Meta's request. 503 makes Meta retry (for up to 7
         # days) until the operator sets the secret, so no event is lost meanwhile.
         log.error("webhook refused: WASTATS_META_APP_SECRET is not set")
         return problem(503, "Service Unavailable", "the webhook secret is not configured")
     raw = await request.body()
     signature = request.headers.get("x-hub-signature-256")
-    if not verify_signature(secret.get_secret_value().encode(), raw, signature):
+    # Each secret is checked in constant time; which one matched is no secret worth keeping.
+    if not any(verify_signature(secret, raw, signature) for secret in secrets):
         what = "missing" if not signature else "invalid"
         return problem(401, "Unauthorized", f"{what} X-Hub-Signature-256 signature")
     ingest = ctx.ingest
