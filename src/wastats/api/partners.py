@@ -20,7 +20,6 @@ from wastats.counting.calendar import mmyyyy, parse_mmyyyy
 from wastats.domain import auth, stats
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import numbers as numbers_repo
-from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/api", tags=["compatible partners API"])
 
@@ -130,13 +129,13 @@ async def access_token(request: Request) -> JSONResponse:
     )
 
 
-async def bearer_account(request: Request) -> AccountRow | None:
+def bearer_token(request: Request) -> str | None:
+    """The bearer token of the request, unchecked (`authenticate` checks it)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    ctx = context_of(request)
-    return await ctx.run(ctx.authenticate, token.strip())
+    return token.strip()
 
 
 def no_token() -> JSONResponse:
@@ -178,13 +177,27 @@ async def conversations_statistics(
     end_date: str | None = None,
     whatsapp: str | None = None,
 ) -> JSONResponse:
-    account = await bearer_account(request)
-    if account is None:
+    token = bearer_token(request)
+    if token is None:
         return no_token()
     body = await json_object(request)
+    query = _statistics_query(body, start_date=start_date, end_date=end_date, whatsapp=whatsapp)
+    ctx = context_of(request)
+    # One trip to the thread pool and one transaction for the token and the answer (each
+    # trip costs about as much as the query itself: docs/benchmarks.md, "Statistics").
+    return await ctx.run(_statistics, ctx, token, query)
+
+
+_Query = tuple[str | None, int | None, int | None]
+"""(whatsapp digits, first month, last month) of a valid statistics request."""
+
+
+def _statistics_query(body: dict[str, Any] | None, **given: str | None) -> _Query | JSONResponse:
+    """The request's parameters, checked in the documented order, or the failure to answer
+    (once the token, which comes first, has been found valid)."""
     if body is None:
         return fail(Reason.BAD_CREDENTIALS_OR_BODY, "the body is not a JSON object")
-    params: dict[str, Any] = {"start_date": start_date, "end_date": end_date, "whatsapp": whatsapp}
+    params: dict[str, Any] = dict(given)
     params.update({k: v for k, v in body.items() if k in params})
     for key, value in params.items():
         if value is not None and not isinstance(value, str):
@@ -209,33 +222,35 @@ async def conversations_statistics(
             Reason.START_AFTER_END,
             f"start_date {mmyyyy(first)} is after end_date {mmyyyy(last)}",
         )
-    ctx = context_of(request)
-    answer = await ctx.run(_statistics, ctx, account, digits, first, last)
-    if answer is None:
-        return fail(Reason.NOT_YOUR_NUMBER, f"{digits} is not a number of this account")
-    return JSONResponse(answer)
+    return digits, first, last
 
 
-def _statistics(
-    ctx: AppContext, account: AccountRow, digits: str | None, first: int | None, last: int | None
-) -> dict[str, Any] | None:
+def _statistics(ctx: AppContext, token: str, query: _Query | JSONResponse) -> JSONResponse:
     with ctx.db.read() as conn:
+        account = auth.authenticate(conn, token, ctx.now())
+        if account is None:
+            return no_token()
+        if isinstance(query, JSONResponse):
+            return query
+        digits, first, last = query
         number = None
         if digits is not None:
             number = stats.number_of_account(conn, account, digits)
             if number is None:
-                return None
+                return fail(Reason.NOT_YOUR_NUMBER, f"{digits} is not a number of this account")
         months = stats.monthly_statistics(
             conn, account, number=number, first_month=first, last_month=last
         )
         total_numbers = 1 if number else numbers_repo.count_numbers(conn, account.id)
-    return {
-        "status": "OK",
-        "reason": Reason.OK,
-        "totalWhatsApp": total_numbers,
-        "whatsapp": digits,
-        "list": [m.as_partners_item() for m in months],
-    }
+    return JSONResponse(
+        {
+            "status": "OK",
+            "reason": Reason.OK,
+            "totalWhatsApp": total_numbers,
+            "whatsapp": digits,
+            "list": [m.as_partners_item() for m in months],
+        }
+    )
 
 
 # --- GET /api/whatsapp/getWhatsApp ------------------------------------------------------------
@@ -270,15 +285,18 @@ class NumbersAnswer(BaseModel):
     summary="The account's numbers with this month's counts",
 )
 async def get_whatsapp(request: Request) -> JSONResponse:
-    account = await bearer_account(request)
-    if account is None:
+    token = bearer_token(request)
+    if token is None:
         return no_token()
     ctx = context_of(request)
-    return JSONResponse(await ctx.run(_numbers, ctx, account))
+    return await ctx.run(_numbers, ctx, token)
 
 
-def _numbers(ctx: AppContext, account: AccountRow) -> dict[str, Any]:
+def _numbers(ctx: AppContext, token: str) -> JSONResponse:
     with ctx.db.read() as conn:
+        account = auth.authenticate(conn, token, ctx.now())
+        if account is None:
+            return no_token()
         rows = stats.numbers_this_month(conn, account, ctx.now())
     items = [
         {
@@ -295,16 +313,18 @@ def _numbers(ctx: AppContext, account: AccountRow) -> dict[str, Any]:
         }
         for number, counts in rows
     ]
-    return {
-        "status": "OK",
-        "reason": Reason.OK,
-        "totalWhatsApp": len(items),
-        "totalConversationsThisMonth": sum(i["conversationsThisMonth"] for i in items),
-        "totalMarketingThisMonth": sum(i["marketingThisMonth"] for i in items),
-        "totalServiceThisMonth": sum(i["serviceThisMonth"] for i in items),
-        "totalIncomingThisMonth": sum(i["incomingThisMonth"] for i in items),
-        "list": items,
-    }
+    return JSONResponse(
+        {
+            "status": "OK",
+            "reason": Reason.OK,
+            "totalWhatsApp": len(items),
+            "totalConversationsThisMonth": sum(i["conversationsThisMonth"] for i in items),
+            "totalMarketingThisMonth": sum(i["marketingThisMonth"] for i in items),
+            "totalServiceThisMonth": sum(i["serviceThisMonth"] for i in items),
+            "totalIncomingThisMonth": sum(i["incomingThisMonth"] for i in items),
+            "list": items,
+        }
+    )
 
 
 _other_methods("/settings/accessToken", "POST")
