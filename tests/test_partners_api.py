@@ -340,6 +340,21 @@ def test_statistics_without_valid_token(client: TestClient, headers: dict[str, s
     assert response.json() == NO_TOKEN
 
 
+@pytest.mark.parametrize(
+    "content", [b"[1]", b'{"start_date": "13-2025"}', b'{"whatsapp": "x", "end_date": 5}']
+)
+def test_a_bad_token_is_answered_before_a_bad_request(
+    client: TestClient, token: str, content: bytes
+) -> None:
+    """The token is checked first (reason 3), whatever else is wrong; with a valid one, the
+    request's own fault is answered (the token is checked in the same trip as the answer)."""
+    headers = {"Authorization": "Bearer nope"}
+    assert client.request("GET", STATS, headers=headers, content=content).json() == NO_TOKEN
+    answer = client.request("GET", STATS, headers=bearer(token), content=content).json()
+    assert answer["status"] == "FAIL"
+    assert answer["reason"] != NO_TOKEN["reason"]
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_statistics_wrong_method(client: TestClient, token: str, method: str) -> None:
     response = client.request(method, STATS, headers=bearer(token))
