@@ -62,7 +62,7 @@ def import_command(
     No signature is needed: whoever can run this command can write to the database anyway."""
     pipeline, db = _pipeline_and_db()
     report = ImportReport()
-    damaged: list[str] = []
+    unreadable: list[str] = []
     total = sum(f.stat().st_size for f in files)
     try:
         with (
@@ -95,7 +95,7 @@ def import_command(
                         parser=parser,
                     )  # fmt: skip
                 except ImportFileError as exc:
-                    damaged.append(f"{path.name}: {exc}")  # the other files are still imported
+                    unreadable.append(f"{path.name}: {exc}")  # the other files are still imported
                 advance(0)  # the bar advances as bytes are read: the last chunk counts after
     except OperationalError as exc:
         fail(f"database error: {exc.orig}")
@@ -116,8 +116,8 @@ def import_command(
         highlight=False,
         soft_wrap=True,
     )
-    if damaged:
-        fail("; ".join(damaged))
+    if unreadable:
+        fail("; ".join(unreadable))
 
 
 def recount_command(

@@ -152,9 +152,10 @@ def _chunks(
 
     read = blocks()
     first = next(read, b"")
-    if _looks_like_a_document(first):
+    opening = _document_opening(first)
+    if opening is not None:
         data = _whole(first, read)
-        elements = _elements(data)
+        elements = _elements(data, opening)
         if elements is not None:
             yield from _grouped(elements)
             return
@@ -170,20 +171,20 @@ def _chunks(
         yield [rest.strip()]
 
 
-def _looks_like_a_document(block: bytes) -> bool:
-    """Whether a file starting with `block` is one JSON document rather than JSON Lines: its
-    first line opens an array or object and goes no further (pretty-printed), or is a whole
-    array. A first line that is merely broken JSON still means JSON Lines: that line is kept as
-    rejected, the others are imported."""
+def _document_opening(block: bytes) -> bytes | None:
+    """`[` or `{` if a file starting with `block` is one JSON document rather than JSON Lines:
+    its first line opens an array or object and goes no further (pretty-printed), or is a whole
+    array; else None. A first line that is merely broken JSON still means JSON Lines: that line
+    is kept as rejected, the others are imported."""
     line = block.lstrip().split(b"\n", 1)[0].strip()
     if line in (b"[", b"{", b"[{"):
-        return True
+        return line[:1]
     if not line.startswith(b"["):
-        return False
+        return None
     try:
-        return isinstance(msgspec.json.decode(line), list)
+        return b"[" if isinstance(msgspec.json.decode(line), list) else None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return True  # an array over several lines, e.g. `[{"object": ...,` first
+        return b"["  # an array over several lines, e.g. `[{"object": ...,` first
 
 
 def _whole(first: bytes, rest: Iterator[bytes]) -> bytes:
@@ -200,11 +201,11 @@ def _whole(first: bytes, rest: Iterator[bytes]) -> bytes:
     return b"".join(pieces)
 
 
-def _elements(data: bytes) -> list[bytes] | None:
-    """The bodies of a JSON document: an array's elements, each exactly as written, or the
-    document itself; None if it is not one valid JSON document."""
+def _elements(data: bytes, opening: bytes) -> list[bytes] | None:
+    """The bodies of a JSON document that opens with `opening`: an array's elements, each
+    exactly as written, or the document itself; None if it is not one valid JSON document."""
     try:
-        if data.lstrip()[:1] == b"[":
+        if opening == b"[":
             return [bytes(element) for element in _decode_array(data)]
         return [bytes(_decode_raw(data)).strip()]
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

@@ -81,7 +81,7 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[NewBody]) -> dict[s
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         for part in chunks(bodies, IN_CHUNK // 4):
-            values = ", ".join(["(?, ?, ?, ?, 'pending', 0)"] * len(part))
+            values = ", ".join([f"(?, ?, ?, ?, '{PENDING}', 0)"] * len(part))
             cursor.execute(
                 "INSERT INTO inbox (body_sha256, body, source, received_at, state, events) "
                 f"VALUES {values} ON CONFLICT (body_sha256) DO NOTHING RETURNING id, body_sha256",
