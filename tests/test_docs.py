@@ -32,3 +32,12 @@ def test_readme_links_exist() -> None:
     ):
         assert target in readme
         assert (ROOT / target).exists(), target
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """CI must run exactly what the README tells a new user to run, so a green CI means it works."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.endswith("scripts/test")]
+    assert len(commands) == 1, commands
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[0] in ci.splitlines()
