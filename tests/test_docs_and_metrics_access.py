@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import FakeClock, make_settings
+from helpers import create_tenant
 from live import live_server
-from test_dashboard import browser
+from test_dashboard import DASHBOARD, browser, login
 from wastats.app import create_app
 from wastats.settings import ConfigurationError, load_settings
 
@@ -59,11 +60,21 @@ def test_docs_page_uses_only_local_assets_under_the_csp(
         assert client.get("/docs/assets/../../app.py").status_code == 404
 
 
-def test_docs_off_serves_no_reference_and_no_schema(database_url: str, clock: FakeClock) -> None:
-    with app_client(database_url, clock, docs="off") as client:
-        for path in ("/docs", "/openapi.json", "/redoc", "/docs/assets/swagger-ui-bundle.js"):
-            assert client.get(path).status_code == 404, path
+@pytest.mark.parametrize("docs", ["on", "off"])
+def test_docs_off_serves_no_reference_and_no_schema(
+    database_url: str, clock: FakeClock, docs: str
+) -> None:
+    settings = make_settings(database_url, docs=docs)
+    tenant = create_tenant(settings)
+    with TestClient(create_app(settings, clock=clock)) as client:
+        for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
+            assert client.get(path).status_code == (200 if docs == "on" else 404), path
+        assert client.get("/redoc").status_code == 404
         assert client.get("/healthz").status_code == 200  # the rest is served as before
+        # The dashboard links to the reference only when there is one.
+        login(client, tenant)
+        footer = client.get(DASHBOARD).text
+        assert ('<a href="/docs">API reference</a>' in footer) == (docs == "on")
 
 
 def test_docs_render_offline_in_a_real_browser(
