@@ -6,7 +6,9 @@ looped; threads sharing a client renew once between them."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,10 +17,10 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from live import live_server
+from live import _free_port, live_server
 from test_client import STATS, WHATSAPP, Recorder, Served, client_of, served
 from wastats.app import create_app
-from wastats.client import AuthenticationError, Client
+from wastats.client import AuthenticationError, BearerTokenAuth, Client
 from wastats.domain import auth
 from wastats.store.db import Database
 
@@ -150,3 +152,14 @@ def test_wrong_credentials_are_not_retried(served: Served) -> None:
         client.stats()
     assert caught.value.reason == 2
     assert recorder.paths() == [TOKEN]
+
+
+def test_the_flow_refuses_an_async_client() -> None:
+    # Its thread lock would block an event loop; it says so before any request is sent.
+    async def fetch() -> None:
+        flow = BearerTokenAuth(None, None, time.time)
+        async with httpx.AsyncClient(auth=flow) as client:
+            await client.get(f"http://127.0.0.1:{_free_port()}/v1/stats")
+
+    with pytest.raises(TypeError, match="synchronous httpx.Client only"):
+        asyncio.run(fetch())

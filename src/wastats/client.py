@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
@@ -503,6 +503,13 @@ class BearerTokenAuth(httpx.Auth):
         token = yield from self._live_token(rejected=token)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # The thread lock, held while the token is fetched, would block an event loop.
+        raise TypeError("BearerTokenAuth is for the synchronous httpx.Client only")
+        yield request  # pragma: no cover - makes this an async generator
 
     def _live_token(self, rejected: str | None) -> Generator[httpx.Request, httpx.Response, str]:
         """The token to send. `rejected`: the one the service just refused, to be replaced
