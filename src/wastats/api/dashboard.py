@@ -11,6 +11,12 @@ Security choices, in one place:
   plant a cookie still cannot post.
 - Every HTML page is sent with a Content-Security-Policy that allows only 'self': the templates
   have no inline script or style, and all assets are served from the package (works offline).
+- Pages are Jinja2 templates with autoescape on for all of them: nothing is escaped by hand, so
+  nothing can be forgotten. Forms are parsed by Starlette with python-multipart.
+
+Adding a page: a template extending `account.html` (signed in) or `base.html`, and a route that
+gets the account with `session_account` (else `to_sign_in`), answers with `account_page`, and
+reads any POST with `checked_form` (else `forbidden`).
 """
 
 from __future__ import annotations
