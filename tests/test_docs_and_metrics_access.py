@@ -80,6 +80,8 @@ def test_docs_off_serves_no_reference_and_no_schema(
 def test_docs_render_offline_in_a_real_browser(
     browser: Browser, sqlite_template: Path, tmp_path: Path
 ) -> None:
+    from playwright.sync_api import expect
+
     database = tmp_path / "wastats.db"
     shutil.copyfile(sqlite_template, database)
     app = create_app(make_settings(f"sqlite:///{database}"), clock=FakeClock())
@@ -115,6 +117,13 @@ def test_docs_render_offline_in_a_real_browser(
         # One operation opens and shows its parameters: the UI is alive, not just drawn.
         page.locator(".opblock-summary").filter(has_text="/v1/stats").first.click()
         page.wait_for_selector(".opblock.is-open .parameters")
+        # "Try it out" calls this server from the page (connect-src 'self') and shows the answer.
+        health = page.locator(".opblock").filter(has_text="/healthz")
+        health.locator(".opblock-summary").click()
+        health.locator("button.try-out__btn").click()
+        health.locator("button.execute").click()
+        status = health.locator(".live-responses-table tr.response .response-col_status")
+        expect(status).to_have_text("200")
         assert outside == []
         assert any(url.endswith("/openapi.json") for url in local)
         assert problems == []  # no CSP violation, no script error
