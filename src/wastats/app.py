@@ -20,6 +20,7 @@ from wastats import __version__
 from wastats.api import health, partners, v1
 from wastats.api.context import AppContext
 from wastats.api.dashboard import install_dashboard
+from wastats.api.docs import install_api_docs
 from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.observability import (
     count_database_error,
@@ -68,12 +69,18 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         summary="Statistics for WhatsApp Business numbers: Marketing, Service and Incoming "
         "conversations per number and month.",
         lifespan=lifespan,
+        # /docs is our own page (Swagger UI from the package, under the CSP); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs == "on" else None,
     )
     app.state.ctx = ctx
     app.include_router(health.router)
     app.include_router(partners.router)
     app.include_router(v1.router)
     install_dashboard(app)
+    if app.openapi_url is not None:
+        install_api_docs(app)
     app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
     _install_error_handlers(app)
     app.add_middleware(

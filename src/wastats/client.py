@@ -20,9 +20,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -44,6 +45,8 @@ STATISTICS_PATH = "/api/whatsapp/getConversationsStatistics"
 WHATSAPP_PATH = "/api/whatsapp/getWhatsApp"
 STATS_PATH = "/v1/stats"
 NUMBERS_PATH = "/v1/numbers"
+# The compatible API's calls that take a token: they answer a rejected one in band.
+_PARTNERS_PATHS = (STATISTICS_PATH, WHATSAPP_PATH)
 
 # Renew this long before `expiration_time` (at most a tenth of the token's lifetime), so a
 # request is not sent with a token that expires on the way.
@@ -328,16 +331,17 @@ class Client:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._credentials = credentials
-        self._token = token
-        self._clock = clock
-        # One token for all threads sharing this client; the lock keeps them from all renewing.
-        self._lock = threading.Lock()
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
             headers={"User-Agent": f"wastats-client/{__version__}"},
         )
+        token_request = None
+        if credentials is not None:
+            body = {"client_id": credentials.client_id, "client_secret": credentials.client_secret}
+            token_request = partial(self._http.build_request, "POST", TOKEN_PATH, json=body)
+        self._http.auth = BearerTokenAuth(token_request, token, clock)
 
     def __repr__(self) -> str:
         who = self._credentials.client_id if self._credentials else "<token>"
@@ -428,101 +432,138 @@ class Client:
             raise WastatsError("unexpected answer from /v1/numbers: no numbers list")
         return [_parse(Number, item) for item in items]
 
-    # --- tokens -------------------------------------------------------------------------------
+    def _partners_get(self, path: str, body: dict[str, str] | None) -> dict[str, Any]:
+        """GET on the compatible API; the keys go in a JSON body, as the reference API reads
+        them. A rejected token has already been renewed once by the auth flow."""
+        content = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        response = self._http.request("GET", path, content=content, headers=headers)
+        answer = _partners_answer(response)
+        if answer.get("status") == "OK":
+            return answer
+        reason, message = _failure(answer)
+        if reason == _REASON_TOKEN:
+            raise AuthenticationError(self._rejected(message), reason=reason)
+        raise ApiFailure(reason, message)
 
-    def _bearer(self, rejected: str | None = None) -> str:
-        """The token to send. `rejected`: the token the service just refused, to be replaced
+    def _v1_get(self, path: str, params: list[tuple[str, str]], *, accept: str) -> httpx.Response:
+        """GET on `/v1`. A rejected token (401) has already been renewed once by the auth flow."""
+        response = self._http.get(path, params=tuple(params), headers={"Accept": accept})
+        if response.is_success:
+            return response
+        problem = _problem(response)
+        if response.status_code == 401:
+            raise AuthenticationError(self._rejected(problem.detail or problem.title), status=401)
+        raise problem
+
+    def _rejected(self, message: str) -> str:
+        """What to say when the service rejects the token for good."""
+        if self._credentials is None:
+            return message  # a token given by the caller: the service's words are enough
+        # A token just issued was refused too: renewing again would loop. The usual cause is
+        # between us and the service.
+        return (
+            f"{message} (also with a newly issued token: is a proxy dropping the "
+            "Authorization header, or are the service's clocks far apart?)"
+        )
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+
+class BearerTokenAuth(httpx.Auth):
+    """An `httpx.Auth` flow that sends `Authorization: Bearer <token>`, getting the token from
+    `/api/settings/accessToken` first, renewing it shortly before it expires, and renewing it
+    once when the service rejects it: `/v1` answers 401, the compatible API answers in band
+    with reason 3 (HTTP 200). A second rejection is left to the caller: another renewal could
+    only loop. Without `token_request` (a client made `from_token`) nothing is renewed.
+
+    One token serves every thread that shares the client; the lock keeps them from all renewing
+    at once (this flow is for the synchronous client only)."""
+
+    requires_response_body = True  # to see the compatible API's in-band rejection
+
+    def __init__(
+        self,
+        token_request: Callable[[], httpx.Request] | None,
+        token: _Token | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._token_request = token_request
+        self._token = token
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = yield from self._live_token(rejected=None)
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if self._token_request is None or not _rejects_token(response):
+            return
+        token = yield from self._live_token(rejected=token)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # The thread lock, held while the token is fetched, would block an event loop.
+        raise TypeError("BearerTokenAuth is for the synchronous httpx.Client only")
+        yield request  # pragma: no cover - makes this an async generator
+
+    def _live_token(self, rejected: str | None) -> Generator[httpx.Request, httpx.Response, str]:
+        """The token to send. `rejected`: the one the service just refused, to be replaced
         (unless another thread already did)."""
         with self._lock:
             token = self._token
             if token is not None and token.value != rejected and self._clock() < token.renew_at:
                 return token.value
-            if self._credentials is None:
-                raise AuthenticationError(
-                    "the access token was rejected (expired or revoked) and this client has "
-                    "no credentials to get another",
-                    reason=_REASON_TOKEN,
-                )
-            self._token = self._fetch_token(self._credentials)
+            if self._token_request is None:
+                if token is not None:  # from_token: send it; the service's answer says the rest
+                    return token.value
+                raise AuthenticationError("no access token and no credentials to get one")
+            log.debug("getting an access token")
+            self._token = _token_from((yield self._token_request()), self._clock())
             return self._token.value
 
-    def _fetch_token(self, credentials: _Credentials) -> _Token:
-        log.debug("getting an access token for %s", credentials.client_id)
-        response = self._http.post(
-            TOKEN_PATH,
-            json={
-                "client_id": credentials.client_id,
-                "client_secret": credentials.client_secret,
-            },
-        )
-        answer = _partners_answer(response)
-        if answer.get("status") != "OK":
-            reason, message = _failure(answer)
-            if reason in (_REASON_CREDENTIALS, _REASON_TOKEN):
-                # On accessToken, reason 3 is the lockout (elsewhere it is a rejected token).
-                raise AuthenticationError(
-                    message, reason=reason, locked_out=reason == _REASON_TOKEN
-                )
-            raise ApiFailure(reason, message)
-        value = answer.get("access_token")
-        try:
-            expires = float(answer["expiration_time"])
-        except (KeyError, TypeError, ValueError):
-            expires = math.nan
-        if not isinstance(value, str) or math.isnan(expires):
-            raise WastatsError("unexpected answer from accessToken: no token or expiry")
-        now = self._clock()
-        lifetime = expires - now
-        if lifetime <= 0:
-            # Our clock is ahead of the service's by more than a token's lifetime: renewing
-            # ahead of time would mean a new token before every call. Renew on rejection only.
-            return _Token(value, math.inf)
-        return _Token(value, expires - min(RENEW_MARGIN_SECONDS, lifetime / 10))
 
-    def _partners_get(self, path: str, body: dict[str, str] | None) -> dict[str, Any]:
-        """GET on the compatible API; the keys go in a JSON body, as the reference API reads
-        them. Renews the token once when the service says it is unknown or expired."""
-        content = None if body is None else json.dumps(body)
-        headers = {} if body is None else {"Content-Type": "application/json"}
-        token = self._bearer()
-        for attempt in (1, 2):
-            response = self._http.request(
-                "GET", path, content=content, headers={**headers, **_auth(token)}
-            )
-            answer = _partners_answer(response)
-            if answer.get("status") == "OK":
-                return answer
-            reason, message = _failure(answer)
-            if reason != _REASON_TOKEN:
-                raise ApiFailure(reason, message)
-            if attempt == 2 or self._credentials is None:
-                raise AuthenticationError(message, reason=reason)
-            token = self._bearer(rejected=token)
-        raise AssertionError("unreachable")
+def _rejects_token(response: httpx.Response) -> bool:
+    if response.status_code == 401:
+        return True
+    if response.status_code != 200 or not response.request.url.path.endswith(_PARTNERS_PATHS):
+        return False
+    try:
+        answer = response.json()
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("reason") == _REASON_TOKEN
 
-    def _v1_get(self, path: str, params: list[tuple[str, str]], *, accept: str) -> httpx.Response:
-        """GET on `/v1`; renews the token once on 401."""
-        token = self._bearer()
-        for attempt in (1, 2):
-            response = self._http.get(
-                path, params=tuple(params), headers={"Accept": accept, **_auth(token)}
-            )
-            if response.status_code != 401:
-                if response.is_success:
-                    return response
-                raise _problem(response)
-            if attempt == 2 or self._credentials is None:
-                problem = _problem(response)
-                raise AuthenticationError(problem.detail or problem.title, status=401)
-            token = self._bearer(rejected=token)
-        raise AssertionError("unreachable")
+
+def _token_from(response: httpx.Response, now: float) -> _Token:
+    """The token of an accessToken answer, with when to renew it; errors for a refusal."""
+    answer = _partners_answer(response)
+    if answer.get("status") != "OK":
+        reason, message = _failure(answer)
+        if reason in (_REASON_CREDENTIALS, _REASON_TOKEN):
+            # On accessToken, reason 3 is the lockout (elsewhere it is a rejected token).
+            raise AuthenticationError(message, reason=reason, locked_out=reason == _REASON_TOKEN)
+        raise ApiFailure(reason, message)
+    value = answer.get("access_token")
+    try:
+        expires = float(answer["expiration_time"])
+    except (KeyError, TypeError, ValueError):
+        expires = math.nan
+    if not isinstance(value, str) or math.isnan(expires):
+        raise WastatsError("unexpected answer from accessToken: no token or expiry")
+    lifetime = expires - now
+    if lifetime <= 0:
+        # Our clock is ahead of the service's by more than a token's lifetime: renewing
+        # ahead of time would mean a new token before every call. Renew on rejection only.
+        return _Token(value, math.inf)
+    return _Token(value, expires - min(RENEW_MARGIN_SECONDS, lifetime / 10))
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _stats_params(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -94,6 +94,42 @@ class Settings(BaseSettings):
     raw_retention_days: int = Field(
         default=30, ge=0, description="Days raw webhook bodies are kept; 0 keeps them forever."
     )
+
+    # --- what the public port serves besides the APIs (/metrics, /docs) ---
+    metrics: Literal["public", "token", "off"] | None = Field(
+        default=None,
+        description="Who may read `GET /metrics`: `public` (anyone who reaches the port), `token` "
+        "(only with `Authorization: Bearer <WASTATS_METRICS_TOKEN>`) or `off` (no such route). "
+        "Unset: `token` when `WASTATS_METRICS_TOKEN` is set, else `public`.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="The bearer token Prometheus sends for `/metrics` (at least 16 characters).",
+    )
+    docs: Literal["on", "off"] = Field(
+        default="on",
+        description="`on` serves the API reference (`/docs`, Swagger UI from the package) and "
+        "`/openapi.json`; `off` serves neither.",
+    )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_is_set_when_needed(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is None and info.data.get("metrics") == "token":
+            raise ValueError("must be set when WASTATS_METRICS=token")
+        if value is not None and len(value.get_secret_value()) < 16:
+            # Prometheus sends it on every scrape; a short one could be guessed.
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    def metrics_access(self) -> Literal["public", "token", "off"]:
+        """How `/metrics` is served, with the default resolved."""
+        if self.metrics is not None:
+            return self.metrics
+        return "token" if self.metrics_token is not None else "public"
 
     @field_validator("database_url")
     @classmethod

@@ -11,25 +11,34 @@ Security choices, in one place:
   plant a cookie still cannot post.
 - Every HTML page is sent with a Content-Security-Policy that allows only 'self': the templates
   have no inline script or style, and all assets are served from the package (works offline).
+- Pages are Jinja2 templates with autoescape on for all of them: nothing is escaped by hand, so
+  nothing can be forgotten. Forms are parsed by Starlette with python-multipart.
+
+Adding a page: a template extending `account.html` (signed in) or `base.html`, and a route that
+gets the account with `session_account` (else `to_sign_in`), answers with `account_page`, and
+reads any POST with `checked_form` (else `forbidden`).
 """
 
 from __future__ import annotations
 
 import hmac
-import html
 import os
 import re
 import secrets
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from string import Template
-from urllib.parse import parse_qs, urlencode
+from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, available_timezones
 
+import jinja2
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import NoMatchFound
 from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
 from starlette.types import Scope
 
 from wastats import __version__
@@ -49,6 +58,7 @@ _CSRF_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 _MONTH_SHAPE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 # A login form has three short fields; anything much bigger is not one.
 _MAX_FORM_BYTES = 4096
+_MAX_FORM_FIELDS = 10
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -67,11 +77,11 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard's routes and its static assets on `app`."""
-    app.mount("/dashboard/static", _Static(directory=STATIC_DIR), name="dashboard-static")
+    app.mount("/dashboard/static", HardenedStatic(directory=STATIC_DIR), name="dashboard-static")
     app.include_router(router)
 
 
-class _Static(StaticFiles):
+class HardenedStatic(StaticFiles):
     """The package's assets, with the same hardening headers as the pages."""
 
     def file_response(
@@ -86,59 +96,70 @@ class _Static(StaticFiles):
         return response
 
 
-# --- templates ------------------------------------------------------------------------------
+# --- pages ----------------------------------------------------------------------------------
 
 
 @cache
-def _template(name: str) -> Template:
-    # Read on first use, not at import: nothing is built at import time (see wastats.app).
-    return Template((TEMPLATE_DIR / name).read_text(encoding="utf-8"))
+def templates() -> Jinja2Templates:
+    """The dashboard's Jinja2 templates (`web/templates`), shared by every app in the process.
+
+    Built on first use, not at import (see wastats.app). Autoescape is on for every template
+    whatever its name, so a value is escaped for the HTML it lands in without anyone having to
+    remember; StrictUndefined turns a misspelt variable into an error in the tests instead of an
+    empty string on the page. New pages extend `base.html` (or `account.html` when signed in)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return Jinja2Templates(env=env, context_processors=[_common_context])
+
+
+def _common_context(request: Request) -> dict[str, Any]:
+    """What every template may use: where the dashboard and its assets are, the version."""
+    base = base_path(request)
+    return {
+        "base": base,
+        "static": base + "/static",
+        "version": __version__,
+        "csrf_field": CSRF_FIELD,
+    }
 
 
 @cache
-def _zone_options() -> str:
-    return "".join(
-        f'<option value="{html.escape(z)}"></option>'
+def _zones() -> list[str]:
+    return [
+        z
         for z in sorted(available_timezones())
         # Suggest Area/City names only: the legacy aliases ("Israel", "EST5EDT", "Factory",
         # "localtime") clutter the list; any name /v1 accepts can still be typed.
         if "/" in z or z == "UTC"
+    ]
+
+
+def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """`template` rendered with `context`, with the hardening headers every page carries."""
+    response = templates().TemplateResponse(
+        request, template, context, status_code=status_code, headers=SECURITY_HEADERS
     )
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _page(
-    request: Request,
-    *,
-    title: str,
-    template: str,
-    status_code: int = 200,
-    body_class: str = "",
-    **values: str,
-) -> HTMLResponse:
-    """Render `template` (values already escaped) inside the layout."""
-    base = _base(request)
-    body = _template(template).substitute(
-        base=_e(base), static=_e(base + "/static"), version=_e(__version__), **values
-    )
-    page = _template("layout.html").substitute(
-        title=_e(title),
-        static=_e(base + "/static"),
-        version=_e(__version__),
-        body_class=_e(body_class),
-        body=body,
-    )
-    response = HTMLResponse(page, status_code=status_code)
-    response.headers.update(SECURITY_HEADERS)
     # Pages show account data or carry a CSRF token: never keep them in a shared cache.
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def _base(request: Request) -> str:
+def account_page(request: Request, account: AccountRow, template: str, **context: Any) -> Response:
+    """A page of a signed-in account (a template extending `account.html`), with the CSRF token
+    its sign-out form (and any form of its own: `{{ csrf_field }}` / `{{ csrf }}`) needs."""
+    csrf = _csrf_token(request)
+    response = page(request, template, account=account, csrf=csrf, **context)
+    _set_csrf_cookie(request, response, csrf)
+    return response
+
+
+def base_path(request: Request) -> str:
+    """The dashboard's URL path, under the root path the app is served at."""
     return str(request.scope.get("root_path", "")) + "/dashboard"
 
 
@@ -160,7 +181,7 @@ def _set_csrf_cookie(request: Request, response: Response, token: str) -> None:
     response.set_cookie(
         CSRF_COOKIE,
         token,
-        path=_base(request),
+        path=base_path(request),
         httponly=True,
         samesite="strict",
         secure=_secure(request),
@@ -179,49 +200,62 @@ def _csrf_ok(request: Request, form: dict[str, str]) -> bool:
     return hmac.compare_digest(cookie.encode(), field.encode())
 
 
-def _forbidden(request: Request) -> HTMLResponse:
-    return _page(
+def forbidden(request: Request) -> HTMLResponse:
+    return page(
         request,
-        title="Request refused",
-        template="message.html",
+        "message.html",
         status_code=403,
-        body_class="auth-page",
         heading="Request refused",
-        message=_e(
-            "This form was not sent from a current wastats page (its security token is missing "
-            "or does not match). Nothing was changed. Open the sign-in page and try again."
-        ),
-        link=_e(_base(request) + "/login"),
+        message="This form was not sent from a current wastats page (its security token is "
+        "missing or does not match). Nothing was changed. Open the sign-in page and try again.",
+        link=base_path(request) + "/login",
         link_text="Go to sign in",
     )
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """The url-encoded form body (first value of each field), or None if it is not one."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        return None
-    raw = await request.body()
-    if len(raw) > _MAX_FORM_BYTES:
+async def form_fields(request: Request) -> dict[str, str] | None:
+    """The posted form's fields (the first value of each), or None if the body is not a small
+    form. Parsed by Starlette with python-multipart; any other content type gives an empty form,
+    which then fails the CSRF check."""
+    if len(await request.body()) > _MAX_FORM_BYTES:
         return None
     try:
-        fields = parse_qs(
-            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=10
-        )
-    except (UnicodeDecodeError, ValueError):
+        # Starlette re-reads the body cached above. No file fields: none of our forms has one.
+        form = await request.form(max_files=0, max_fields=_MAX_FORM_FIELDS)
+    except HTTPException:  # malformed, or too many fields
         return None
-    return {key: values[0] for key, values in fields.items() if values}
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            fields.setdefault(key, value)
+    return fields
 
 
 # --- sessions -------------------------------------------------------------------------------
 
 
-async def _session_account(request: Request) -> AccountRow | None:
+async def session_account(request: Request) -> AccountRow | None:
+    """The account signed in with this request's session cookie, if the token is live."""
     token = request.cookies.get(SESSION_COOKIE, "").strip()
     if not token:
         return None
     ctx = context_of(request)
     return await ctx.run(ctx.authenticate, token)
+
+
+def to_sign_in(request: Request) -> Response:
+    """Where a page that needs a session sends a browser without one."""
+    redirect = RedirectResponse(base_path(request) + "/login", status_code=303)
+    if SESSION_COOKIE in request.cookies:
+        _clear_session(request, redirect)  # expired or revoked: drop it
+    return redirect
+
+
+async def checked_form(request: Request) -> dict[str, str] | None:
+    """The posted form if it passed the CSRF check, else None (answer `forbidden`). Every POST
+    of the dashboard goes through this."""
+    form = await form_fields(request)
+    return form if form is not None and _csrf_ok(request, form) else None
 
 
 def _revoke(ctx: AppContext, token: str) -> None:
@@ -241,17 +275,13 @@ def _clear_session(request: Request, response: Response) -> None:
 def _login_page(
     request: Request, *, csrf: str, error: str = "", client_id: str = "", status_code: int = 200
 ) -> HTMLResponse:
-    alert = f'<div class="alert" role="alert" id="login-error">{_e(error)}</div>' if error else ""
-    response = _page(
+    response = page(
         request,
-        title="Sign in",
-        template="login.html",
+        "login.html",
         status_code=status_code,
-        body_class="auth-page",
-        csrf_field=_e(CSRF_FIELD),
-        csrf=_e(csrf),
-        error=alert,
-        client_id=_e(client_id),
+        csrf=csrf,
+        error=error,
+        client_id=client_id,
     )
     _set_csrf_cookie(request, response, csrf)
     return response
@@ -259,16 +289,25 @@ def _login_page(
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    if await _session_account(request) is not None:
-        return RedirectResponse(_base(request), status_code=303)
+    if await session_account(request) is not None:
+        return RedirectResponse(base_path(request), status_code=303)
     return _login_page(request, csrf=_csrf_token(request))
+
+
+_REFUSALS = {
+    auth.TokenRefusal.LOCKED_OUT: (
+        429,
+        "Too many failed attempts from this address; try again later.",
+    ),
+    auth.TokenRefusal.BAD_CREDENTIALS: (401, "The client id or secret is wrong."),
+}
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    form = await _form(request)
-    if form is None or not _csrf_ok(request, form):
-        return _forbidden(request)
+    form = await checked_form(request)
+    if form is None:
+        return forbidden(request)
     csrf = _csrf_token(request)
     client_id = form.get("client_id", "").strip()
     client_secret = form.get("client_secret", "")
@@ -283,28 +322,16 @@ async def login(request: Request) -> Response:
         )
     ctx = context_of(request)
     result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
-    if result is auth.TokenRefusal.LOCKED_OUT:
+    if isinstance(result, auth.TokenRefusal):
+        status_code, error = _REFUSALS[result]
         return _login_page(
-            request,
-            csrf=csrf,
-            error="Too many failed attempts from this address; try again later.",
-            client_id=client_id,
-            status_code=429,
+            request, csrf=csrf, error=error, client_id=client_id, status_code=status_code
         )
-    if result is auth.TokenRefusal.BAD_CREDENTIALS:
-        return _login_page(
-            request,
-            csrf=csrf,
-            error="The client id or secret is wrong.",
-            client_id=client_id,
-            status_code=401,
-        )
-    assert isinstance(result, auth.IssuedToken)
     old = request.cookies.get(SESSION_COOKIE, "").strip()
     if old:
         # Signing in again replaces the session: the previous token should not linger.
         await ctx.run(_revoke, ctx, old)
-    response = RedirectResponse(_base(request), status_code=303)
+    response = RedirectResponse(base_path(request), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         result.access_token,
@@ -321,26 +348,23 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    form = await _form(request)
-    if form is None or not _csrf_ok(request, form):
-        return _forbidden(request)
+    form = await checked_form(request)
+    if form is None:
+        return forbidden(request)
     token = request.cookies.get(SESSION_COOKIE, "").strip()
     if token:
         ctx = context_of(request)
         await ctx.run(_revoke, ctx, token)
-    response = RedirectResponse(_base(request) + "/login", status_code=303)
+    response = RedirectResponse(base_path(request) + "/login", status_code=303)
     _clear_session(request, response)
     return response
 
 
 @router.get("")
 async def dashboard(request: Request) -> Response:
-    account = await _session_account(request)
+    account = await session_account(request)
     if account is None:
-        redirect = RedirectResponse(_base(request) + "/login", status_code=303)
-        if SESSION_COOKIE in request.cookies:
-            _clear_session(request, redirect)  # expired or revoked: drop it
-        return redirect
+        return to_sign_in(request)
     ctx = context_of(request)
     now = ctx.now()
     first, last = _default_range(now, account.timezone)
@@ -349,30 +373,32 @@ async def dashboard(request: Request) -> Response:
     chosen_from = _month_param(request, "from") or first
     chosen_to = _month_param(request, "to") or last
     tz = request.query_params.get("tz", "").strip()[:64] or account.timezone
-    csrf = _csrf_token(request)
     root = str(request.scope.get("root_path", ""))
     csv_query = urlencode(
         {"format": "csv", "granularity": "month", "from": chosen_from, "to": chosen_to, "tz": tz}
     )
-    response = _page(
+    return account_page(
         request,
-        title=f"{account.name} · Dashboard",
-        template="dashboard.html",
-        account_name=_e(account.name),
-        account_zone=_e(account.timezone),
-        api=_e(root + "/v1"),
-        docs=_e(root + "/docs"),
-        now=_e(now),
-        from_month=_e(chosen_from),
-        to_month=_e(chosen_to),
-        tz=_e(tz),
-        zones=_zone_options(),
-        csv=_e(root + "/v1/stats?" + csv_query),
-        csrf_field=_e(CSRF_FIELD),
-        csrf=_e(csrf),
+        account,
+        "dashboard.html",
+        api=root + "/v1",
+        docs=_docs_link(request),
+        now=now,
+        from_month=chosen_from,
+        to_month=chosen_to,
+        tz=tz,
+        zones=_zones(),
+        csv=root + "/v1/stats?" + csv_query,
     )
-    _set_csrf_cookie(request, response, csrf)
-    return response
+
+
+def _docs_link(request: Request) -> str | None:
+    """The API reference's path, or None when it is switched off (WASTATS_DOCS=off)."""
+    try:
+        path = request.app.url_path_for("api-docs")
+    except NoMatchFound:
+        return None
+    return str(request.scope.get("root_path", "")) + str(path)
 
 
 def _month_param(request: Request, name: str) -> str | None:

@@ -17,6 +17,8 @@ Docs for operators: docs/operations.md.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import time
@@ -38,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wastats.api.context import AppContext, context_of
 from wastats.api.middleware import BodyTooLarge
+from wastats.api.problems import problem
 from wastats.logs import accept_request_id, bound_request_id, configure_logging
 from wastats.store import inbox as inbox_repo
 from wastats.store.schema import inbox
@@ -252,10 +255,30 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics = metrics_of(ctx)
     if metrics is None:  # pragma: no cover - the route is only mounted with its metrics
         return Response(status_code=404)
+    if ctx.settings.metrics_access() == "token" and not _metrics_token_ok(request, ctx):
+        return problem(
+            401,
+            "Unauthorized",
+            "/metrics needs the header Authorization: Bearer <WASTATS_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     # Plain text 0.0.4 unless the scraper asks for OpenMetrics.
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     payload = await ctx.run(metrics.render, encoder)
     return Response(payload, headers={"Content-Type": content_type})
+
+
+def _metrics_token_ok(request: Request, ctx: AppContext) -> bool:
+    expected = ctx.settings.metrics_token
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if expected is None or scheme.lower() != "bearer":
+        return False
+    # Digests of equal length, compared in constant time: neither the token nor its length
+    # can be found by timing the answers.
+    return hmac.compare_digest(
+        hashlib.sha256(given.strip().encode()).digest(),
+        hashlib.sha256(expected.get_secret_value().encode()).digest(),
+    )
 
 
 # --- route templates ------------------------------------------------------------------------
@@ -394,5 +417,13 @@ def install_observability(app: FastAPI, ctx: AppContext) -> None:
     """Add the request-id / access-log / metrics middleware and the /metrics route to `app`."""
     metrics = Metrics(ctx)
     ctx.extras[_METRICS_KEY] = metrics
-    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
+    access = ctx.settings.metrics_access()
+    if access != "off":  # WASTATS_METRICS: public, token (checked in the endpoint) or off
+        app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
+    if access == "public" and ctx.settings.metrics is None:
+        log.warning(
+            "/metrics is open to anyone who can reach this port: set WASTATS_METRICS_TOKEN "
+            "(Prometheus sends it as a bearer token), or WASTATS_METRICS=off, or "
+            "WASTATS_METRICS=public to keep it open and silence this warning"
+        )
     app.add_middleware(RequestMiddleware, metrics=metrics, routes=RouteTemplates(app))
