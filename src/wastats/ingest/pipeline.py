@@ -261,8 +261,8 @@ class Pipeline:
         """Store the facts of every number, recount what they touch, update the rollups; returns
         how many units changed. The steps are those of the module's docstring.
 
-        Each step is one statement (or one per number) for the whole batch, whatever the number
-        of business numbers in it (rows are addressed by (number, key) pairs): per-number
+        Each step is one statement for the whole batch, whatever the number of business
+        numbers in it (rows are addressed by (number, key) pairs): per-number
         statements were the largest cost of small batches (measured: 20 numbers made a batch 3x
         slower than one)."""
         touched = Touched()
