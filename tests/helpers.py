@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
-from wastats.counting.calendar import month_of
+from wastats.counting.model import Bucket, CountedUnit, Era, UnitKind
 from wastats.domain import accounts, numbers
 from wastats.domain.accounts import load_zone
 from wastats.ingest.pipeline import Pipeline
@@ -19,8 +19,8 @@ from wastats.settings import Settings
 from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store import numbers as numbers_repo
+from wastats.store import units as units_repo
 from wastats.store.db import Database
-from wastats.store.schema import counted_units
 
 _ids = itertools.count(1)
 
@@ -70,35 +70,37 @@ def add_number(
     return pnid
 
 
-def seed_units(settings: Settings, phone_number_id: str, units: Iterable[tuple[int, str]]) -> None:
-    """Write counted units (UTC time, bucket) for a number through the storage layer, with
-    their rollups in the number's account zone, as the counting pipeline would."""
+def seed_units(
+    settings: Settings, phone_number_id: str, units: Iterable[tuple[int, Bucket | str]]
+) -> None:
+    """Write counted units (UTC time, bucket) for a number through the units repository, with
+    their rollups in the number's account zone, exactly as the counting pipeline would: an
+    `incoming` unit is an incoming session, any other a CBP conversation of that category
+    (both kinds are kept in `counted_units`), each added to its rollup by `rollup_key`."""
     db = Database(settings.database_url)
     try:
         with db.write() as conn:
             zone = load_zone(numbers_repo.zones_of(conn, [phone_number_id])[phone_number_id])
-            rows = []
-            deltas: Counter[counts_repo.RollupKey] = Counter()
+            seeded = []
             for ts, bucket in units:
-                category = "incoming" if bucket == "incoming" else bucket
-                rows.append(
-                    {
-                        "phone_number_id": phone_number_id,
-                        "unit_key": f"T:{next(_ids)}",
-                        "kind": "test",
-                        "ts": ts,
-                        "bucket": bucket,
-                        "category": category,
-                        "pricing_type": "regular",
-                        "era": None,
-                        "user_key": None,
-                        "country": None,
-                    }
+                n, kind = next(_ids), Bucket(bucket)
+                incoming = kind is Bucket.INCOMING
+                unit = CountedUnit(
+                    unit_key=f"I:seeded-{n}:{ts}" if incoming else f"C:seeded-{n}",
+                    kind=UnitKind.INCOMING_SESSION if incoming else UnitKind.CBP_CONVERSATION,
+                    timestamp=ts,
+                    bucket=kind,
+                    category=kind.value,
+                    pricing_type="" if incoming else "regular",
+                    era=None if incoming else Era.CBP,
+                    user_key=f"seeded-{n}" if incoming else None,
+                    country=None,
                 )
-                deltas[(phone_number_id, month_of(ts, zone), bucket, category, "regular")] += 1
-            if rows:
-                conn.execute(counted_units.insert(), rows)
-            counts_repo.apply_deltas(conn, deltas)
+                seeded.append((phone_number_id, unit))
+            units_repo.write(conn, seeded, [])
+            counts_repo.apply_deltas(
+                conn, Counter(counts_repo.rollup_key(n, unit, zone) for n, unit in seeded)
+            )
     finally:
         db.dispose()
 

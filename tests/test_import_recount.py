@@ -343,7 +343,7 @@ def test_a_message_seen_with_and_without_the_phone_number_is_one_fact(
     the two copies (same wamid, same time) one fact with one session, in any order; moving the
     BSUID's copy onto the phone number's must merge it, not collide with it."""
     from wastats.ingest.recount import recount_number
-    from wastats.store import facts as facts_repo
+    from wastats.store import units as units_repo
 
     t = at("2025-09-03 10:00")
     bsuid = "US.1349120865530"
@@ -361,7 +361,7 @@ def test_a_message_seen_with_and_without_the_phone_number_is_one_fact(
                 count_batch(conn, pipeline, [bodies[index]], draft=False)
         with db.write() as conn:
             assert not recount_number(conn, PHONE_NUMBER_ID, repair=False).differs
-            units = facts_repo.all_units(conn, PHONE_NUMBER_ID)
+            units = units_repo.all_of(conn, PHONE_NUMBER_ID)
             copies = conn.execute(text("SELECT user_key, ts, country FROM inbound_messages")).all()
     finally:
         db.dispose()

@@ -176,7 +176,7 @@ def _migrate_message_units(url: str) -> None:
     from alembic import command
     from sqlalchemy import text
 
-    from wastats.store import facts as facts_repo
+    from wastats.store import units as units_repo
     from wastats.store.migrate import alembic_config
 
     engine = create_engine(url)
@@ -195,7 +195,7 @@ def _migrate_message_units(url: str) -> None:
             )
             command.upgrade(alembic_config(conn), "head")
 
-            units = {**facts_repo.all_units(conn, "111"), **facts_repo.all_units(conn, "222")}
+            units = {**units_repo.all_of(conn, "111"), **units_repo.all_of(conn, "222")}
             assert {key: tuple(unit)[2:] for key, unit in units.items()} == {
                 row[1]: row[3:] for row in _OLD_UNITS
             }

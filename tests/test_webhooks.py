@@ -218,6 +218,7 @@ def _post_fixtures(settings: Settings, files: list[Path]) -> dict[str, object]:
     that a full recount finds nothing to repair on any of them."""
     from wastats.ingest.recount import recount_number
     from wastats.store import facts as facts_repo
+    from wastats.store import units as units_repo
 
     with TestClient(create_app(settings)) as client:
         for path in files:
@@ -230,7 +231,7 @@ def _post_fixtures(settings: Settings, files: list[Path]) -> dict[str, object]:
             for number in numbers:
                 result = recount_number(conn, number, repair=False)
                 assert not result.differs, result
-            return {number: facts_repo.all_units(conn, number) for number in numbers}
+            return {number: units_repo.all_of(conn, number) for number in numbers}
     finally:
         db.dispose()
 

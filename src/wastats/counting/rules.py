@@ -281,6 +281,66 @@ def message_unit(statuses: Sequence[StatusFact]) -> CountedUnit | None:
 # --- CBP conversations ------------------------------------------------------------------------
 
 
+class _Members:
+    """What the member messages of one CBP conversation say, gathered one message at a time
+    (`add`); `conversation_unit` turns it into the conversation's unit."""
+
+    __slots__ = ("conversation_id", "country", "delivered", "earliest", "expiration", "origin",
+                 "pricing", "user")  # fmt: skip
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        self.delivered = False
+        self.earliest: int | None = None
+        self.expiration: int | None = None
+        self.origin: StatusFact | None = None
+        self.pricing: StatusFact | None = None
+        self.user: StatusFact | None = None
+        self.country: StatusFact | None = None
+
+    def add(self, message: Sequence[StatusFact]) -> None:
+        """One message's statuses: a member if it is a CBP message and carries the id."""
+        scan = _scan(message)
+        if scan.era() is not Era.CBP or not self._carried(message):
+            return
+        self.delivered = self.delivered or scan.delivered_at is not None
+        if scan.earliest is not None and (self.earliest is None or scan.earliest < self.earliest):
+            self.earliest = scan.earliest
+        if scan.pricing is not None and _is_later(scan.pricing, self.pricing):
+            self.pricing = scan.pricing
+        if scan.user is not None and _is_later(scan.user, self.user):
+            self.user = scan.user
+        if scan.country is not None and _is_later(scan.country, self.country):
+            self.country = scan.country
+
+    def _carried(self, message: Sequence[StatusFact]) -> bool:
+        """Whether any status of the message carries the id. Origin and expiration belong to the
+        conversation object they arrived in, so only statuses carrying this id supply them."""
+        carries_id = False
+        for s in message:
+            if s.conversation_id != self.conversation_id:
+                continue
+            carries_id = True
+            if s.conversation_origin is not None and _is_later(s, self.origin):
+                self.origin = s
+            exp = s.expiration_timestamp
+            if exp is not None and (self.expiration is None or exp < self.expiration):
+                self.expiration = exp
+        return carries_id
+
+    def classified(self) -> tuple[str, Bucket]:
+        """(category, bucket) by Rule C's table: the origin, else the pricing category."""
+        raw: str | None = None
+        if self.origin is not None:
+            raw = self.origin.conversation_origin
+        elif self.pricing is not None:
+            raw = self.pricing.pricing_category
+        table_bucket = _CBP_BUCKETS.get(raw) if raw is not None else None
+        if table_bucket is None or raw is None:
+            return UNCLASSIFIED, Bucket.NONE
+        return raw, table_bucket
+
+
 def conversation_unit(conversation_id: str, statuses: Sequence[StatusFact]) -> CountedUnit | None:
     """Rule C for one conversation id of one business number.
 
@@ -292,56 +352,15 @@ def conversation_unit(conversation_id: str, statuses: Sequence[StatusFact]) -> C
     by_message: dict[str, list[StatusFact]] = defaultdict(list)
     for s in statuses:
         by_message[s.message_key].append(s)
-
-    delivered = False
-    earliest: int | None = None
-    expiration: int | None = None
-    origin: StatusFact | None = None
-    pricing: StatusFact | None = None
-    user: StatusFact | None = None
-    country: StatusFact | None = None
-    for group in by_message.values():
-        scan = _scan(group)
-        if scan.era() is not Era.CBP:
-            continue
-        carries_id = False
-        for s in group:
-            if s.conversation_id != conversation_id:
-                continue
-            carries_id = True
-            # Origin and expiration belong to the conversation object they arrived in, so only
-            # statuses carrying this id supply them.
-            if s.conversation_origin is not None and _is_later(s, origin):
-                origin = s
-            exp = s.expiration_timestamp
-            if exp is not None and (expiration is None or exp < expiration):
-                expiration = exp
-        if not carries_id:
-            continue
-        delivered = delivered or scan.delivered_at is not None
-        if scan.earliest is not None and (earliest is None or scan.earliest < earliest):
-            earliest = scan.earliest
-        if scan.pricing is not None and _is_later(scan.pricing, pricing):
-            pricing = scan.pricing
-        if scan.user is not None and _is_later(scan.user, user):
-            user = scan.user
-        if scan.country is not None and _is_later(scan.country, country):
-            country = scan.country
-    if not delivered or earliest is None:
+    members = _Members(conversation_id)
+    for message in by_message.values():
+        members.add(message)
+    if not members.delivered or members.earliest is None:
         return None
-
-    raw: str | None = None
-    if origin is not None:
-        raw = origin.conversation_origin
-    elif pricing is not None:
-        raw = pricing.pricing_category
-    table_bucket = _CBP_BUCKETS.get(raw) if raw is not None else None
-    if table_bucket is None or raw is None:
-        category, bucket = UNCLASSIFIED, Bucket.NONE
-    else:
-        category, bucket = raw, table_bucket
+    category, bucket = members.classified()
     # Expiration is exact (Meta's own window); the first status seen is only an estimate.
-    start = expiration - SESSION_SECONDS if expiration is not None else earliest
+    expiration, pricing = members.expiration, members.pricing
+    start = expiration - SESSION_SECONDS if expiration is not None else members.earliest
     return CountedUnit(
         unit_key=f"C:{conversation_id}",
         kind=UnitKind.CBP_CONVERSATION,
@@ -350,8 +369,8 @@ def conversation_unit(conversation_id: str, statuses: Sequence[StatusFact]) -> C
         category=category,
         pricing_type="free" if pricing is not None and pricing.billable is False else "regular",
         era=Era.CBP,
-        user_key=user.user_key if user is not None else None,
-        country=country.country if country is not None else None,
+        user_key=members.user.user_key if members.user is not None else None,
+        country=members.country.country if members.country is not None else None,
     )
 
 

@@ -10,9 +10,9 @@ from wastats.domain.accounts import get_account, load_zone
 from wastats.domain.errors import Conflict, InvalidInput, NotFound
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import counts as counts_repo
-from wastats.store import facts as facts_repo
 from wastats.store import locks as locks_repo
 from wastats.store import numbers as repo
+from wastats.store import units as units_repo
 from wastats.store.numbers import NumberRow
 
 _META_ID = re.compile(r"[0-9A-Za-z_\-.]{1,64}")
@@ -60,7 +60,7 @@ def add_number(
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
     # building its rollups now makes all of that history visible at once.
-    units = facts_repo.all_units(conn, phone_number_id).values()
+    units = units_repo.all_of(conn, phone_number_id).values()
     rollups = counts_repo.rollups_of(phone_number_id, units, load_zone(account.timezone))
     counts_repo.replace_rollups(conn, phone_number_id, rollups)
     return number

@@ -30,6 +30,7 @@ from wastats.store import activity as activity_repo
 from wastats.store import counts as counts_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store import reporting as reporting_repo
+from wastats.store import units as units_repo
 from wastats.store.accounts import AccountRow
 
 BUCKETS = ("marketing", "service", "incoming")
@@ -342,7 +343,7 @@ def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answ
             add(month_index[month], key_of(number, None, category, pricing), bucket, units, None)
     else:
         starts = [p.start for p in periods]
-        for number, ts, bucket, category, pricing, user, country in reporting_repo.units_between(
+        for number, ts, bucket, category, pricing, user, country in units_repo.between(
             conn, numbers, periods[0].start, periods[-1].end
         ):
             index = bisect.bisect_right(starts, ts) - 1

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BufferedIOBase, BufferedReader
 from pathlib import Path
 from typing import Any
@@ -63,11 +63,7 @@ class ImportReport:
     lines: int = 0
     new_bodies: int = 0
     duplicates: int = 0
-    counted: BatchReport | None = None
-
-    def __post_init__(self) -> None:
-        if self.counted is None:
-            self.counted = BatchReport()
+    counted: BatchReport = field(default_factory=BatchReport)
 
 
 def open_lines(raw: BufferedReader) -> BufferedIOBase:
@@ -399,5 +395,4 @@ def _store(
     report.lines += len(lines)
     report.new_bodies += len(new)
     report.duplicates += len(lines) - len(new)
-    assert report.counted is not None
     report.counted.add(counted)

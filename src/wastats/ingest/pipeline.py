@@ -1,16 +1,24 @@
-"""From stored raw bodies to counts: parse → facts → recompute the touched units → rollups.
+"""From stored raw bodies to counts: parse → facts → recount the touched units → rollups.
 
-One call processes a batch of inbox bodies in the caller's transaction:
+One call processes a batch of inbox bodies in the caller's transaction. `prepare` needs no
+database (so `wastats import` runs it in a second process): it parses every body into typed
+events (`wastats.whatsapp.payload`), noting what was not understood (the body is then marked
+`rejected`, but everything understood in it still counts), and turns the events into facts, with
+customers replaced by keyed hashes: a `NumberBatch` per business number. `store` then runs
+`apply`, whose steps are, in order:
 
-1. parse every body into typed events (`wastats.whatsapp.payload`), noting what was not
-   understood (the body is then marked `rejected`, but everything understood in it still counts);
-2. turn events into facts, customers replaced by keyed hashes, and insert them with
-   `ON CONFLICT DO NOTHING`: a duplicate changes nothing;
-3. for every (number, customer), message and CBP conversation the batch touched, recompute its
-   counted units from *all* its stored facts with the pure rules (`wastats.counting.rules`);
-4. write the units that changed and apply the difference to the monthly rollups.
+1. **link customers**: store the batch's (BSUID, phone number) links; facts already stored under
+   a newly linked BSUID move to the phone number's customer, and the batch's BSUID-only facts
+   take the phone number's key where a link is known;
+2. **merge inbound**: store the inbound-message facts (`ON CONFLICT`: a duplicate changes
+   nothing) and gather every inbound time of the customers touched;
+3. **merge statuses**: merge the batch's statuses into the stored rows of their messages (one
+   row per message, statuses merged by set union); messages that learned nothing drop out;
+4. **recount**: for every customer, message and CBP conversation touched, recompute its counted
+   units from *all* its facts with the pure rules (`wastats.counting.rules`) and write them;
+5. **write rollups**: apply the difference of every changed unit to the monthly rollups.
 
-Because step 3 always starts from the full set of facts, the counts depend only on which events
+Because step 4 always starts from the full set of facts, the counts depend only on which events
 were received, never on their order, batching or repetition: a late `delivered`, an inbound
 message older than a counted session, or pricing that only arrives on `read` all correct the
 counts they affect, including months already reported.
@@ -19,7 +27,7 @@ counts they affect, including months already reported.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,51 +43,19 @@ from wastats.store import facts as facts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
-from wastats.store.facts import Pair
+from wastats.store import units as units_repo
+from wastats.store.facts import InboundFact, InboundTimes
+from wastats.store.sql import Pair
 from wastats.whatsapp.events import InboundMessage, ParseResult, StatusUpdate
 from wastats.whatsapp.payload import parse_webhook
 
 MAX_TIMESTAMP = 10**10  # 2286-11-20: anything later is not a real event time
 
-Change = tuple[str, CountedUnit | None, CountedUnit | None]
-"""(phone_number_id, unit before, unit after) of a unit that changed."""
+IdentityLinkKeys = tuple[str, str, str]
+"""(phone_number_id, bsuid_key, wa_key): a BSUID and a phone number seen for one person."""
 
 
-@dataclass
-class NumberBatch:
-    """What one batch says about one business number."""
-
-    inbound: list[dict[str, Any]] = field(default_factory=list)
-    statuses: list[StatusFact] = field(default_factory=list)
-    bsuid_only: list[tuple[int, str]] = field(default_factory=list)
-    """(index in `statuses`, BSUID key) of statuses whose customer came without a phone number:
-    resolved to the linked phone number's key, if a link is known, before storing."""
-    links: set[tuple[str, str, str]] = field(default_factory=set)
-    newest: int = 0
-    """Event time of the newest event of this batch for the number (for `as_of`)."""
-    drafts: list[MessageDraft] = field(default_factory=list)
-    """With `prepare(draft=True)`: messages taken out of `statuses`, already encoded and counted
-    as if the database knew nothing of them (see `MessageDraft`)."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Named tuples pickle through a Python-level `__reduce__` each: sent to the importing
-        # process as plain tuples, they pickle in C (measured: a fifth of the parsing process's
-        # time went to pickling named tuples).
-        state = dict(self.__dict__)
-        state["statuses"] = [tuple(fact) for fact in self.statuses]
-        state["drafts"] = [
-            (key, statuses, None if unit is None else tuple(unit))
-            for key, statuses, unit in self.drafts
-        ]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state["statuses"] = [StatusFact._make(fact) for fact in state["statuses"]]
-        state["drafts"] = [
-            MessageDraft(key, statuses, None if unit is None else CountedUnit._make(unit))
-            for key, statuses, unit in state["drafts"]
-        ]
-        self.__dict__.update(state)
+# --- what `prepare` hands to `store` ------------------------------------------------------------
 
 
 class MessageDraft(NamedTuple):
@@ -91,10 +67,50 @@ class MessageDraft(NamedTuple):
     turns out to be stored already, counting decodes the draft and merges as usual."""
 
     message_key: str
-    statuses: str
-    """`facts_repo.encode_statuses` of the message's statuses in the batch."""
+    stored_statuses: str
+    """`facts_repo.encode_statuses` of the message's statuses in the batch: its row's value."""
     unit: CountedUnit | None
     """`rules.message_unit` of the same statuses."""
+
+
+@dataclass
+class NumberBatch:
+    """What one batch says about one business number."""
+
+    inbound: list[InboundFact] = field(default_factory=list)
+    statuses: list[StatusFact] = field(default_factory=list)
+    bsuid_customers: set[str] = field(default_factory=set)
+    """Keys of customers who came with a BSUID and no phone number: their facts carry the BSUID's
+    key, replaced by the linked phone number's key, if a link is known, before storing (a BSUID
+    key and a phone key never coincide: they are keyed hashes of different kinds)."""
+    links: set[IdentityLinkKeys] = field(default_factory=set)
+    newest: int = 0
+    """Event time of the newest event of this batch for the number (for `as_of`)."""
+    drafts: list[MessageDraft] = field(default_factory=list)
+    """With `prepare(draft=True)`: messages taken out of `statuses`, already encoded and counted
+    as if the database knew nothing of them (see `MessageDraft`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Named tuples pickle through a Python-level `__reduce__` each: sent to the importing
+        # process as plain tuples, they pickle in C (measured: a fifth of the parsing process's
+        # time went to pickling named tuples).
+        state = dict(self.__dict__)
+        state["inbound"] = [tuple(fact) for fact in self.inbound]
+        state["statuses"] = [tuple(fact) for fact in self.statuses]
+        state["drafts"] = [
+            (key, statuses, None if unit is None else tuple(unit))
+            for key, statuses, unit in self.drafts
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["inbound"] = [InboundFact._make(fact) for fact in state["inbound"]]
+        state["statuses"] = [StatusFact._make(fact) for fact in state["statuses"]]
+        state["drafts"] = [
+            MessageDraft(key, statuses, None if unit is None else CountedUnit._make(unit))
+            for key, statuses, unit in state["drafts"]
+        ]
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -126,6 +142,45 @@ class PreparedBatch:
     outcomes: list[tuple[str, str | None, int]]
     """(state, reason, events) of each body, in the order given."""
     report: BatchReport
+
+
+# --- what the steps of `apply` hand on ------------------------------------------------------------
+
+
+@dataclass
+class Touched:
+    """What a batch touched: the customers and messages whose units are recounted."""
+
+    customers: set[Pair] = field(default_factory=set)
+    """(phone_number_id, user_key) of every customer with new facts or a new link."""
+    known_customers: set[Pair] = field(default_factory=set)
+    """The customers among them who had facts before this batch: the only ones who may have
+    stored units to read (in a backfill, most customers are new)."""
+    messages: set[Pair] = field(default_factory=set)
+    """(phone_number_id, message_key) of every message that learned a status or changed
+    customer: only those can count differently."""
+    relinked: set[Pair] = field(default_factory=set)
+    """The stored messages whose statuses changed customer (step 1)."""
+
+
+@dataclass
+class MessageFacts:
+    """The statuses of the messages a batch touched, and their stored units."""
+
+    statuses: dict[Pair, list[StatusFact]]
+    """Every status known of each message: what is stored, merged with the batch's."""
+    stored_units: dict[Pair, CountedUnit | None]
+    """The unit stored with each stored message (None: it counts as none)."""
+    drafts: dict[Pair, MessageDraft]
+    """Drafted messages that are indeed new: stored and counted as drafted."""
+
+
+class UnitChange(NamedTuple):
+    """A counted unit that changed: None before for a new unit, None after for a removed one."""
+
+    phone_number_id: str
+    before: CountedUnit | None
+    after: CountedUnit | None
 
 
 def _clip(value: str | None, size: int) -> str | None:
@@ -203,133 +258,22 @@ class Pipeline:
         return report
 
     def apply(self, conn: Connection, per_number: dict[str, NumberBatch]) -> int:
-        """Store the facts of every number, recompute what they touch, update the rollups.
+        """Store the facts of every number, recount what they touch, update the rollups; returns
+        how many units changed. The steps are those of the module's docstring.
 
-        Each step is one statement for the whole batch, whatever the number of business numbers
-        in it (rows are addressed by (number, key) pairs): per-number statements were the
-        largest cost of small batches (measured: 20 numbers made a batch 3x slower than one)."""
-        zones = {
-            number: load_zone(zone)
-            for number, zone in numbers_repo.zones_of(conn, per_number).items()
-        }
-        users: dict[str, set[str]] = defaultdict(set)
-        # Customers who may already have counted sessions. A unit exists only where its facts
-        # were stored, so a customer new to the database has none to look up (in a backfill,
-        # most of them). Relinked customers keep sessions under the old key until recomputed,
-        # so they are always looked up.
-        had_units: set[Pair] = set()
-        links = set().union(*(batch.links for batch in per_number.values()))
-        relinked: list[Pair] = []
-        for number, bsuid_key, wa_key in facts_repo.insert_links(conn, links):
-            relinked += [
-                (number, key) for key in facts_repo.relink(conn, number, bsuid_key, wa_key)
-            ]
-            users[number].update((bsuid_key, wa_key))
-            had_units.update(((number, bsuid_key), (number, wa_key)))
-        self._resolve_bsuids(conn, per_number)
-
-        inbound = [row for batch in per_number.values() for row in batch.inbound if row["user_key"]]
-        for row in inbound:
-            users[row["phone_number_id"]].add(row["user_key"])
-        # The batch's statuses per message, merged with what is stored of the same messages (one
-        # row per message holds all its statuses, so this is a single read for the batch).
-        batch_statuses: dict[Pair, set[StatusFact]] = defaultdict(set)
-        drafts: dict[Pair, MessageDraft] = {}
-        for number, batch in per_number.items():
-            for fact in batch.statuses:
-                batch_statuses[(number, fact.message_key)].add(fact)
-            drafts.update(((number, d.message_key), d) for d in batch.drafts)
-        # The inbound facts stored before this batch (a fresh import finds none), merged with the
-        # batch's own exactly as the database keeps them: one per (wamid, customer, time), its
-        # country merged (`facts.insert_inbound`).
-        times = facts_repo.inbound_facts(conn, [(n, u) for n, us in users.items() for u in us])
-        had_units.update(times)
-        for row in inbound:
-            per_user = times.setdefault((row["phone_number_id"], row["user_key"]), {})
-            key = (row["wamid"], row["ts"])
-            per_user[key] = facts_repo.merged_country(per_user.get(key), row["country"])
-        stored_messages = facts_repo.messages_of(conn, batch_statuses.keys() | drafts.keys())
-        statuses = {pair: facts for pair, (facts, _) in stored_messages.items()}
-        message_units = {pair: unit for pair, (_, unit) in stored_messages.items()}
-        for pair in drafts.keys() & statuses.keys():  # not new after all: merge as usual
-            batch_statuses[pair].update(
-                facts_repo.decode_statuses(pair[1], drafts.pop(pair).statuses)
-            )
-        grown: list[tuple[str, str, list[StatusFact]]] = []
-        for (number, message_key), new in batch_statuses.items():
-            stored = statuses.get((number, message_key))
-            if stored is not None and new.issubset(stored):
-                continue  # every status already known: the message is unchanged
-            merged = list(new.union(stored)) if stored is not None else list(new)
-            statuses[(number, message_key)] = merged
-            grown.append((number, message_key, merged))
-        facts_repo.insert_inbound(conn, inbound)
-        facts_repo.write_conversations(conn, grown)
-        # Only messages that learned something, or changed customer, can count differently.
-        messages: dict[str, set[str]] = defaultdict(set)
-        for number, message_key, _ in grown:
-            messages[number].add(message_key)
-        if relinked:
-            for number, message_key in relinked:
-                messages[number].add(message_key)
-            for pair, (facts, unit) in facts_repo.messages_of(
-                conn, set(relinked) - statuses.keys()
-            ).items():
-                statuses[pair], message_units[pair] = facts, unit
-
-        changes, new_message_units = self.recompute(
-            conn,
-            users,
-            messages,
-            times=times,
-            statuses=statuses,
-            had_units=had_units,
-            message_units=message_units,
-        )
-        # A message's row holds its statuses and its unit: written once, after the rules ran.
-        facts_repo.write_messages(
-            conn,
-            [
-                (n, key, facts_repo.encode_statuses(statuses[(n, key)]), unit)
-                for (n, key), unit in new_message_units.items()
-            ]
-            + [(n, d.message_key, d.statuses, d.unit) for (n, _), d in drafts.items()],
-        )
-        changes += [(n, None, d.unit) for (n, _), d in drafts.items() if d.unit is not None]
-        deltas: Counter[counts_repo.RollupKey] = Counter()
-        for number, before, after in changes:
-            zone = zones.get(number)
-            if zone is not None:
-                if before is not None:
-                    deltas[counts_repo.rollup_key(number, before, zone)] -= 1
-                if after is not None:
-                    deltas[counts_repo.rollup_key(number, after, zone)] += 1
-        counts_repo.apply_deltas(conn, deltas)
+        Each step is one statement for the whole batch, whatever the number of business
+        numbers in it (rows are addressed by (number, key) pairs): per-number
+        statements were the largest cost of small batches (measured: 20 numbers made a batch 3x
+        slower than one)."""
+        touched = Touched()
+        _link_customers(conn, per_number, touched)
+        inbound_times = _merge_inbound(conn, per_number, touched)
+        messages = _merge_statuses(conn, per_number, touched)
+        changes = _recount(conn, touched, inbound_times, messages)
+        _write_rollups(conn, changes)
         return len(changes)
 
-    def _resolve_bsuids(self, conn: Connection, per_number: dict[str, NumberBatch]) -> None:
-        """Customers who came with a BSUID only become their linked phone number's customer."""
-        unresolved = {(n, key) for n, batch in per_number.items() for _, key in batch.bsuid_only}
-        unresolved.update(
-            (n, row["bsuid_key"])
-            for n, batch in per_number.items()
-            for row in batch.inbound
-            if row["wa_key"] is None and row["bsuid_key"] is not None
-        )
-        if not unresolved:
-            return
-        linked = facts_repo.linked_phone_keys(conn, unresolved)
-        for number, batch in per_number.items():
-            for row in batch.inbound:
-                if row["wa_key"] is None and (number, row["bsuid_key"]) in linked:
-                    row["user_key"] = linked[(number, row["bsuid_key"])]
-            for index, key in batch.bsuid_only:
-                if (number, key) in linked:
-                    batch.statuses[index] = batch.statuses[index]._replace(
-                        user_key=linked[(number, key)]
-                    )
-
-    # --- events → fact rows ---------------------------------------------------------------------
+    # --- events → facts (no database) -------------------------------------------------------------
 
     def _collect(
         self, parsed: ParseResult, per_number: dict[str, NumberBatch], report: BatchReport
@@ -344,8 +288,12 @@ class Pipeline:
             if message.type == "system":
                 continue  # Rule I: every type except system
             number = _clip(message.phone_number_id, 64) or ""
-            per_number[number].inbound.append(self._inbound_row(number, message))
-            per_number[number].newest = max(per_number[number].newest, message.timestamp)
+            batch = per_number[number]
+            inbound = self._inbound_fact(number, message)
+            if inbound.wa_key is None and inbound.bsuid_key is not None:
+                batch.bsuid_customers.add(inbound.bsuid_key)
+            batch.inbound.append(inbound)
+            batch.newest = max(batch.newest, message.timestamp)
             report.inbound += 1
             report.newest_event = max(report.newest_event, message.timestamp)
         for status in parsed.statuses:
@@ -356,7 +304,7 @@ class Pipeline:
             batch = per_number[number]
             fact, bsuid_key = self._status_fact(status)
             if bsuid_key is not None:
-                batch.bsuid_only.append((len(batch.statuses), bsuid_key))
+                batch.bsuid_customers.add(bsuid_key)
             batch.statuses.append(fact)
             batch.newest = max(batch.newest, status.timestamp)
             report.statuses += 1
@@ -368,24 +316,18 @@ class Pipeline:
             )
         return "; ".join(skipped[:3])
 
-    def _customer(self, wa_id: str | None, user_id: str | None) -> dict[str, Any]:
+    def _inbound_fact(self, number: str, message: InboundMessage) -> InboundFact:
+        """The fact of one inbound message. A customer who came with a BSUID only is keyed by
+        it here, and by the linked phone number's key, if a link is known, in step 1 of `apply`."""
+        wa_id, user_id = message.wa_id, message.user_id
         wa_key = self.hasher.phone_key(wa_id) if wa_id else None
         bsuid_key = self.hasher.bsuid_key(user_id) if user_id else None
         country = country_of_phone(wa_id) if wa_id else None
         if country is None and user_id:
             country = country_of_bsuid(user_id)
-        # A BSUID-only customer is resolved to its linked phone number, if any, in _apply_number.
-        return {"user_key": wa_key or bsuid_key, "wa_key": wa_key, "bsuid_key": bsuid_key,
-                "country": country}  # fmt: skip
-
-    def _inbound_row(self, number: str, message: InboundMessage) -> dict[str, Any]:
-        row = self._customer(message.wa_id, message.user_id)
-        row.update(
-            phone_number_id=number,
-            wamid=self.hasher.message_id(message.wamid),
-            ts=message.timestamp,
-        )
-        return row
+        wamid = self.hasher.message_id(message.wamid)
+        return InboundFact(number, wamid, wa_key or bsuid_key, wa_key, bsuid_key,
+                           message.timestamp, country)  # fmt: skip
 
     def _status_fact(self, status: StatusUpdate) -> tuple[StatusFact, str | None]:
         """The fact of one status, and the BSUID key if its customer still needs resolving.
@@ -423,75 +365,212 @@ class Pipeline:
         )
         return fact, (bsuid_key if wa_key is None else None)
 
-    # --- units recomputed from all their facts ----------------------------------------------
 
-    def recompute(
-        self,
-        conn: Connection,
-        users: dict[str, set[str]],
-        messages: dict[str, set[str]],
-        *,
-        times: dict[Pair, facts_repo.InboundTimes],
-        statuses: dict[Pair, list[StatusFact]],
-        had_units: set[Pair],
-        message_units: Mapping[Pair, CountedUnit | None],
-    ) -> tuple[list[Change], dict[Pair, CountedUnit | None]]:
-        """Recompute the units of these customers and messages (and of the CBP conversations the
-        messages belong to) from all their facts (`times`, `statuses`: everything stored plus
-        this batch). Writes the session and conversation units; returns the changes as
-        (number, before, after) and every message's new unit, which the caller writes with the
-        message's row.
+# --- the steps of `apply`, in order -------------------------------------------------------------
 
-        `had_units`: the customers who had facts before this batch, the only ones whose stored
-        sessions need reading. `message_units`: the stored unit of each stored message."""
-        new: dict[Pair, CountedUnit] = {}
-        old: dict[Pair, CountedUnit] = {}
-        changes: list[Change] = []
 
-        customers = [(number, user) for number, keys in users.items() for user in keys]
-        for number, user in customers:
-            seen = [(ts, country) for (_, ts), country in times.get((number, user), {}).items()]
-            for unit in rules.incoming_sessions(
-                user, (t for t, _ in seen), rules.user_country(seen)
-            ):
-                new[(number, unit.unit_key)] = unit
-        known = [c for c in customers if c in had_units]
-        if known:
-            old.update(facts_repo.session_units_of(conn, known))
+def _link_customers(conn: Connection, per_number: dict[str, NumberBatch], touched: Touched) -> None:
+    """Step 1: store the batch's identity links. Facts stored under a newly linked BSUID move to
+    the phone number's customer (its messages are to be recounted); facts of the batch whose
+    customer came with a BSUID only take the linked phone number's key, if a link is known."""
+    links = set().union(*(batch.links for batch in per_number.values()))
+    for number, bsuid_key, wa_key in facts_repo.insert_links(conn, links):
+        touched.relinked.update(
+            (number, key) for key in facts_repo.relink(conn, number, bsuid_key, wa_key)
+        )
+        # Relinked customers keep sessions under the old key until recounted: both are looked
+        # up, whatever facts they have.
+        customers = ((number, bsuid_key), (number, wa_key))
+        touched.customers.update(customers)
+        touched.known_customers.update(customers)
+    touched.messages.update(touched.relinked)
 
-        conversations: set[Pair] = set()
-        new_message_units: dict[Pair, CountedUnit | None] = {}
-        for number, keys in messages.items():
-            for message_key in keys:
-                facts = statuses.get((number, message_key), [])
-                conversations.update((number, c) for c in rules.message_conversation_ids(facts))
-                billable = rules.message_unit(facts) if facts else None
-                before = message_units.get((number, message_key))
-                if before != billable:
-                    changes.append((number, before, billable))
-                new_message_units[(number, message_key)] = billable
-        if conversations:
-            members = facts_repo.messages_in_conversations(conn, conversations)
-            missing = {(n, m) for (n, _), keys in members.items() for m in keys} - statuses.keys()
-            if missing:
-                statuses.update(facts_repo.statuses_of(conn, missing))
-            for number, conversation in conversations:
-                member_facts = [
-                    fact
-                    for message_key in members.get((number, conversation), ())
-                    for fact in statuses.get((number, message_key), ())
-                ]
-                counted = rules.conversation_unit(conversation, member_facts)
-                if counted is not None:
-                    new[(number, counted.unit_key)] = counted
-            old.update(facts_repo.units_by_key(conn, {(n, f"C:{c}") for n, c in conversations}))
+    unresolved = {(n, key) for n, batch in per_number.items() for key in batch.bsuid_customers}
+    if not unresolved:
+        return
+    linked: dict[str, dict[str, str]] = defaultdict(dict)
+    for (number, bsuid_key), wa_key in facts_repo.linked_phone_keys(conn, unresolved).items():
+        linked[number][bsuid_key] = wa_key
+    for number, phone_keys in linked.items():
+        batch = per_number[number]
+        batch.inbound = [
+            f._replace(user_key=phone_keys[f.user_key]) if f.user_key in phone_keys else f
+            for f in batch.inbound
+        ]
+        batch.statuses = [
+            f._replace(user_key=phone_keys[f.user_key]) if f.user_key in phone_keys else f
+            for f in batch.statuses
+        ]
 
-        deletes = [key for key in old if key not in new]
-        upserts = [(key[0], unit) for key, unit in new.items() if old.get(key) != unit]
-        facts_repo.write_units(conn, upserts, deletes)
-        changes += [(key[0], old[key], None) for key in deletes]
-        changes += [(n, old.get((n, unit.unit_key)), unit) for n, unit in upserts]
-        return changes, new_message_units
+
+def _merge_inbound(
+    conn: Connection, per_number: dict[str, NumberBatch], touched: Touched
+) -> dict[Pair, InboundTimes]:
+    """Step 2: store the batch's inbound facts; returns every inbound time of the customers
+    touched (stored before this batch, and the batch's), merged exactly as the database keeps
+    them: one per (wamid, customer, time), its country merged (`facts.insert_inbound`)."""
+    inbound: list[InboundFact] = []
+    for batch in per_number.values():
+        for fact in batch.inbound:
+            if fact.user_key:
+                inbound.append(fact)
+                touched.customers.add((fact.phone_number_id, fact.user_key))
+    times = facts_repo.inbound_facts(conn, touched.customers)  # a fresh import finds none
+    touched.known_customers.update(times)
+    for fact in inbound:
+        per_user = times.setdefault((fact.phone_number_id, fact.user_key or ""), {})
+        key = (fact.wamid, fact.timestamp)
+        per_user[key] = facts_repo.merged_country(per_user.get(key), fact.country)
+    facts_repo.insert_inbound(conn, inbound)
+    return times
+
+
+def _merge_statuses(
+    conn: Connection, per_number: dict[str, NumberBatch], touched: Touched
+) -> MessageFacts:
+    """Step 3: merge the batch's statuses into their messages' stored statuses (one row per
+    message holds all its statuses, so this is a single read for the batch); the messages that
+    learned a status are touched. Drafted messages that turn out to be stored are merged the
+    same way; the others stay drafts."""
+    batch_statuses: dict[Pair, set[StatusFact]] = defaultdict(set)
+    drafts: dict[Pair, MessageDraft] = {}
+    for number, batch in per_number.items():
+        for fact in batch.statuses:
+            batch_statuses[(number, fact.message_key)].add(fact)
+        drafts.update(((number, d.message_key), d) for d in batch.drafts)
+    stored = facts_repo.messages_of(conn, batch_statuses.keys() | drafts.keys() | touched.relinked)
+    messages = MessageFacts(
+        statuses={pair: facts for pair, (facts, _) in stored.items()},
+        stored_units={pair: unit for pair, (_, unit) in stored.items()},
+        drafts=drafts,
+    )
+    for pair in drafts.keys() & stored.keys():  # not new after all: merge as usual
+        batch_statuses[pair].update(
+            facts_repo.decode_statuses(pair[1], drafts.pop(pair).stored_statuses)
+        )
+    grown: list[tuple[str, str, list[StatusFact]]] = []
+    for pair, new in batch_statuses.items():
+        known = messages.statuses.get(pair)
+        if known is not None and new.issubset(known):
+            continue  # every status already known: the message is unchanged
+        merged = list(new.union(known)) if known is not None else list(new)
+        messages.statuses[pair] = merged
+        grown.append((*pair, merged))
+        touched.messages.add(pair)
+    facts_repo.write_conversations(conn, grown)
+    return messages
+
+
+def _recount(
+    conn: Connection,
+    touched: Touched,
+    inbound_times: dict[Pair, InboundTimes],
+    messages: MessageFacts,
+) -> list[UnitChange]:
+    """Step 4: recount the units of the touched customers and messages, and of the CBP
+    conversations those messages belong to, from all their facts; write the units that changed
+    (a message's unit with its statuses, in its row) and return them."""
+    counted = _count_sessions(touched.customers, inbound_times)
+    stored = units_repo.sessions_of(conn, touched.customers & touched.known_customers)
+    message_units, changes = _count_messages(touched.messages, messages)
+    conversations = {
+        (number, conversation_id)
+        for (number, message_key) in touched.messages
+        for conversation_id in rules.message_conversation_ids(
+            messages.statuses.get((number, message_key), [])
+        )
+    }
+    if conversations:
+        counted.update(_count_conversations(conn, conversations, messages.statuses))
+        stored.update(units_repo.by_key(conn, {(n, f"C:{c}") for n, c in conversations}))
+    deletes = [pair for pair in stored if pair not in counted]
+    upserts = [(pair[0], unit) for pair, unit in counted.items() if stored.get(pair) != unit]
+    units_repo.write(conn, upserts, deletes)
+    changes += [UnitChange(pair[0], stored[pair], None) for pair in deletes]
+    changes += [UnitChange(n, stored.get((n, unit.unit_key)), unit) for n, unit in upserts]
+
+    # A message's row holds its statuses and its unit: written once, after the rules ran.
+    drafts = messages.drafts.items()
+    facts_repo.write_messages(
+        conn,
+        [
+            (n, key, facts_repo.encode_statuses(messages.statuses[(n, key)]), unit)
+            for (n, key), unit in message_units.items()
+        ]
+        + [(n, d.message_key, d.stored_statuses, d.unit) for (n, _), d in drafts],
+    )
+    changes += [UnitChange(n, None, d.unit) for (n, _), d in drafts if d.unit is not None]
+    return changes
+
+
+def _write_rollups(conn: Connection, changes: Sequence[UnitChange]) -> None:
+    """Step 5: apply the changed units to the monthly rollups of the registered numbers (a
+    number registered later gets its rollups built from its units then)."""
+    numbers = {change.phone_number_id for change in changes}
+    zones = {n: load_zone(zone) for n, zone in numbers_repo.zones_of(conn, numbers).items()}
+    deltas: Counter[counts_repo.RollupKey] = Counter()
+    for number, before, after in changes:
+        zone = zones.get(number)
+        if zone is not None:
+            if before is not None:
+                deltas[counts_repo.rollup_key(number, before, zone)] -= 1
+            if after is not None:
+                deltas[counts_repo.rollup_key(number, after, zone)] += 1
+    counts_repo.apply_deltas(conn, deltas)
+
+
+# --- counting what a batch touched (the pure rules over gathered facts) --------------------------
+
+
+def _count_sessions(
+    customers: set[Pair], inbound_times: dict[Pair, InboundTimes]
+) -> dict[Pair, CountedUnit]:
+    """{(number, unit_key): unit} of the incoming sessions of these customers (Rule I)."""
+    units: dict[Pair, CountedUnit] = {}
+    for number, user in customers:
+        seen = [(ts, country) for (_, ts), country in inbound_times.get((number, user), {}).items()]
+        for unit in rules.incoming_sessions(user, (t for t, _ in seen), rules.user_country(seen)):
+            units[(number, unit.unit_key)] = unit
+    return units
+
+
+def _count_messages(
+    touched: set[Pair], messages: MessageFacts
+) -> tuple[dict[Pair, CountedUnit | None], list[UnitChange]]:
+    """The unit of each touched message (Rule P: None if it counts as none), and the changes
+    against the units stored with them."""
+    units: dict[Pair, CountedUnit | None] = {}
+    changes: list[UnitChange] = []
+    for number, message_key in touched:
+        facts = messages.statuses.get((number, message_key), [])
+        unit = rules.message_unit(facts) if facts else None
+        before = messages.stored_units.get((number, message_key))
+        if before != unit:
+            changes.append(UnitChange(number, before, unit))
+        units[(number, message_key)] = unit
+    return units, changes
+
+
+def _count_conversations(
+    conn: Connection, conversations: set[Pair], statuses: dict[Pair, list[StatusFact]]
+) -> dict[Pair, CountedUnit]:
+    """{(number, unit_key): unit} of these (number, conversation_id) CBP conversations (Rule C),
+    from the statuses of all their member messages (`statuses` gains those it lacked)."""
+    members = facts_repo.messages_in_conversations(conn, conversations)
+    missing = {(n, m) for (n, _), keys in members.items() for m in keys} - statuses.keys()
+    if missing:
+        statuses.update(facts_repo.statuses_of(conn, missing))
+    units: dict[Pair, CountedUnit] = {}
+    for number, conversation in conversations:
+        member_facts = [
+            fact
+            for message_key in members.get((number, conversation), ())
+            for fact in statuses.get((number, message_key), ())
+        ]
+        unit = rules.conversation_unit(conversation, member_facts)
+        if unit is not None:
+            units[(number, unit.unit_key)] = unit
+    return units
 
 
 def _draft_messages(batch: NumberBatch) -> None:
@@ -503,8 +582,11 @@ def _draft_messages(batch: NumberBatch) -> None:
     by_message: dict[str, set[StatusFact]] = defaultdict(set)
     for fact in batch.statuses:
         by_message[fact.message_key].add(fact)
-    kept = {batch.statuses[i].message_key for i, _ in batch.bsuid_only}
-    kept.update(f.message_key for f in batch.statuses if f.conversation_id is not None)
+    kept = {
+        fact.message_key
+        for fact in batch.statuses
+        if fact.conversation_id is not None or fact.user_key in batch.bsuid_customers
+    }
     for message_key, facts in by_message.items():
         if message_key not in kept:
             distinct = list(facts)
@@ -515,14 +597,4 @@ def _draft_messages(batch: NumberBatch) -> None:
                     rules.message_unit(distinct),
                 )
             )
-    if len(batch.drafts) == len(by_message):
-        batch.statuses = []
-        return
-    # `bsuid_only` holds indexes into `statuses`: renumber them for the facts kept.
-    unresolved = dict(batch.bsuid_only)
-    statuses, batch.statuses, batch.bsuid_only = batch.statuses, [], []
-    for index, fact in enumerate(statuses):
-        if fact.message_key in kept:
-            if index in unresolved:
-                batch.bsuid_only.append((len(batch.statuses), unresolved[index]))
-            batch.statuses.append(fact)
+    batch.statuses = [fact for fact in batch.statuses if fact.message_key in kept]

@@ -18,6 +18,7 @@ from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
 from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
+from wastats.store import units as units_repo
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +49,12 @@ def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> N
             facts_repo.all_statuses(conn, phone_number_id),
         )
     }
-    stored = facts_repo.all_units(conn, phone_number_id)
+    stored = units_repo.all_of(conn, phone_number_id)
     missing = expected.keys() - stored.keys()
     extra = stored.keys() - expected.keys()
     changed = {k for k in expected.keys() & stored.keys() if expected[k] != stored[k]}
     if repair and (missing or extra or changed):
-        facts_repo.replace_all_units(conn, phone_number_id, expected)
+        units_repo.replace_all(conn, phone_number_id, expected)
 
     rollups_differing = 0
     zones = numbers_repo.zones_of(conn, [phone_number_id])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, delete, func, select
 
 from wastats.counting.calendar import month_of
-from wastats.counting.model import CountedUnit
+from wastats.counting.model import Bucket, CountedUnit
 from wastats.store.schema import (
     account_monthly_counts,
     business_numbers,
@@ -22,10 +23,21 @@ from wastats.store.schema import (
 )
 from wastats.store.sql import chunks, insert_for
 
-RollupKey = tuple[str, int, str, str, str]
-"""(phone_number_id, month YYYYMM, bucket, category, pricing_type)"""
 
-COUNTED_BUCKETS = ("marketing", "service", "incoming")
+class RollupKey(NamedTuple):
+    """A row of `monthly_counts`: what a counted unit adds one to (`rollup_key`). Sorted as a
+    tuple, in this order, when applied (see `apply_deltas`)."""
+
+    phone_number_id: str
+    month: int
+    """YYYYMM in the account's zone."""
+    bucket: Bucket
+    category: str
+    pricing_type: str
+
+
+COUNTED_BUCKETS = tuple(b.value for b in (Bucket.MARKETING, Bucket.SERVICE, Bucket.INCOMING))
+"""The compatible API's three buckets (`none` is kept for the breakdown only)."""
 
 
 def monthly_bucket_totals(
@@ -50,9 +62,8 @@ def monthly_bucket_totals(
             monthly_counts.c.bucket.in_(COUNTED_BUCKETS),
         )
         .group_by(monthly_counts.c.month, monthly_counts.c.bucket)
+        .where(monthly_counts.c.phone_number_id == phone_number_id)
     )
-    if phone_number_id is not None:
-        query = query.where(monthly_counts.c.phone_number_id == phone_number_id)
     if first_month is not None:
         query = query.where(monthly_counts.c.month >= first_month)
     if last_month is not None:
@@ -145,19 +156,9 @@ def apply_deltas(conn: Connection, deltas: Mapping[RollupKey, int]) -> None:
     )
     conn.execute(
         stmt,
-        [
-            {
-                "phone_number_id": key[0],
-                "month": key[1],
-                "bucket": key[2],
-                "category": key[3],
-                "pricing_type": key[4],
-                "units": delta,
-            }
-            for key, delta in changes
-        ],
+        [_rollup_values(key, delta) for key, delta in changes],
     )
-    numbers = sorted({key[0] for key, _ in changes})
+    numbers = sorted({key.phone_number_id for key, _ in changes})
     for part in chunks(numbers):
         conn.execute(
             delete(monthly_counts).where(
@@ -170,7 +171,7 @@ def apply_deltas(conn: Connection, deltas: Mapping[RollupKey, int]) -> None:
 def _apply_account_deltas(conn: Connection, changes: Sequence[tuple[RollupKey, int]]) -> None:
     """Mirror number-level deltas into the account rollup (registered numbers only)."""
     owners: dict[str, int] = {}
-    numbers = sorted({key[0] for key, _ in changes})
+    numbers = sorted({key.phone_number_id for key, _ in changes})
     for part in chunks(numbers):
         rows = conn.execute(
             select(business_numbers.c.phone_number_id, business_numbers.c.account_id).where(
@@ -181,7 +182,7 @@ def _apply_account_deltas(conn: Connection, changes: Sequence[tuple[RollupKey, i
     summed: Counter[tuple[int, int, str, str, str]] = Counter()
     for (number, month, bucket, category, pricing), delta in changes:
         if number in owners:
-            summed[(owners[number], month, bucket, category, pricing)] += delta
+            summed[(owners[number], month, bucket.value, category, pricing)] += delta
     rows_ = sorted((k, v) for k, v in summed.items() if v)
     if not rows_:
         return
@@ -221,7 +222,12 @@ def rollup_rows(conn: Connection, phone_number_id: str) -> dict[RollupKey, int]:
             monthly_counts.c.units,
         ).where(monthly_counts.c.phone_number_id == phone_number_id)
     )
-    return {(r[0], int(r[1]), r[2], r[3], r[4]): int(r[5]) for r in rows}
+    return {RollupKey(r[0], int(r[1]), Bucket(r[2]), r[3], r[4]): int(r[5]) for r in rows}
+
+
+def _rollup_values(key: RollupKey, units: int) -> dict[str, object]:
+    """A `monthly_counts` row's values: the key's fields are its columns (the bucket as text)."""
+    return {**key._asdict(), "bucket": key.bucket.value, "units": units}
 
 
 def rollup_key(phone_number_id: str, unit: CountedUnit, zone: ZoneInfo) -> RollupKey:
@@ -229,7 +235,7 @@ def rollup_key(phone_number_id: str, unit: CountedUnit, zone: ZoneInfo) -> Rollu
     its bucket, category and pricing type. The one definition used by the pipeline's deltas,
     by registration and by recount."""
     month = month_of(unit.timestamp, zone)
-    return (phone_number_id, month, unit.bucket.value, unit.category, unit.pricing_type)
+    return RollupKey(phone_number_id, month, unit.bucket, unit.category, unit.pricing_type)
 
 
 def rollups_of(
@@ -246,18 +252,7 @@ def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[Rollup
     difference.subtract(before)
     _apply_account_deltas(conn, sorted((k, v) for k, v in difference.items() if v))
     conn.execute(delete(monthly_counts).where(monthly_counts.c.phone_number_id == phone_number_id))
-    values: Sequence[dict[str, object]] = [
-        {
-            "phone_number_id": key[0],
-            "month": key[1],
-            "bucket": key[2],
-            "category": key[3],
-            "pricing_type": key[4],
-            "units": units,
-        }
-        for key, units in sorted(rows.items())
-        if units
-    ]
+    values = [_rollup_values(key, units) for key, units in sorted(rows.items()) if units]
     if values:
         conn.execute(monthly_counts.insert(), values)
 

@@ -1,22 +1,23 @@
-"""Repository: the facts the counting rules need, and the counted units they produce.
+"""Repository: the facts the counting rules need.
 
 Facts are insert-only with natural unique keys, so a duplicate webhook is a no-op
-(`ON CONFLICT DO NOTHING`, or a commutative merge of what a copy adds). Units are replaced per
-key when the rules recompute them.
+(`ON CONFLICT DO NOTHING`, or a commutative merge of what a copy adds). The units the rules count
+from them are kept by `wastats.store.units`.
 Every query is scoped by `phone_number_id` first, which is also the leading column of every key.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import NamedTuple
 
 import msgspec
-from sqlalchemy import Connection, delete, select, union, update
+from sqlalchemy import Connection, delete, select, union
 
-from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
+from wastats.counting.model import CountedUnit, StatusFact
+from wastats.store import units as units_repo
 from wastats.store.schema import (
     business_numbers,
     counted_units,
@@ -25,21 +26,39 @@ from wastats.store.schema import (
     message_facts,
     user_links,
 )
-from wastats.store.sql import fetch_by_pairs, insert_for, insert_ignore_sql, pair_statements
-
-InboundRow = dict[str, Any]
-Pair = tuple[str, str]
-"""(phone_number_id, key): every fact and unit is addressed by its number first, the leading
-column of every key, so a batch's lookups are one query per number (`sql.fetch_by_pairs`)."""
-
-INBOUND_COLUMNS = ("phone_number_id", "wamid", "user_key", "wa_key", "bsuid_key", "ts", "country")
-STATUS_FIELDS = ("status", "ts", "conversation_id", "conversation_origin", "expiration_ts",
-                 "pricing_model", "pricing_type", "pricing_category", "billable", "user_key",
-                 "country")  # fmt: skip
-"""The order of a status row in `message_facts.statuses` (a JSON array of such rows)."""
+from wastats.store.sql import Pair, fetch_by_pairs, insert_for, insert_ignore_sql, placeholder
 
 
-_inbound_values = itemgetter(*INBOUND_COLUMNS)
+class InboundFact(NamedTuple):
+    """One inbound message (customer to business) as stored: a row of `inbound_messages`.
+
+    A named tuple, stored as it is (its fields are the table's columns, in order): ingestion
+    builds one per inbound message."""
+
+    phone_number_id: str
+    wamid: str
+    """Keyed hash of Meta's message id."""
+    user_key: str | None
+    """The customer: `wa_key`, else `bsuid_key` (or the phone key a BSUID is linked to)."""
+    wa_key: str | None
+    """Keyed hash of the customer's phone number, if it came with one."""
+    bsuid_key: str | None
+    """Keyed hash of the customer's business-scoped user id, if it came with one."""
+    timestamp: int
+    country: str | None
+
+
+INBOUND_COLUMNS = tuple("ts" if f == "timestamp" else f for f in InboundFact._fields)
+"""The columns of `inbound_messages` an `InboundFact` fills, in its fields' order (the table
+names the time `ts`)."""
+
+STATUS_FIELDS = StatusFact._fields[1:]
+"""A status as stored: `message_facts.statuses` is a JSON array of rows, each these fields of a
+`StatusFact` in this order (the message key is the row's own). Positional, so a new field of
+`StatusFact` goes at its end, with a default (rows stored before it decode with the default);
+`tests/test_store_units.py` pins the stored layout."""
+
+_row_order = itemgetter(STATUS_FIELDS.index("timestamp"), STATUS_FIELDS.index("status"))
 
 
 InboundTimes = dict[tuple[str, int], str | None]
@@ -59,7 +78,7 @@ def merged_country(stored: str | None, new: str | None) -> str | None:
 
 
 def _insert_inbound_sql(conn: Connection) -> str:
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    mark = placeholder(conn)
     keys = ", ".join(c.name for c in inbound_messages.primary_key.columns)
     return (
         f"INSERT INTO inbound_messages ({', '.join(INBOUND_COLUMNS)}) "
@@ -69,12 +88,11 @@ def _insert_inbound_sql(conn: Connection) -> str:
     )
 
 
-def insert_inbound(conn: Connection, rows: Sequence[InboundRow]) -> None:
-    """Insert inbound-message facts; rows are dicts with at least INBOUND_COLUMNS.
-
-    A row already stored is left as it is, except for its country (`merged_country`)."""
-    if rows:
-        conn.exec_driver_sql(_insert_inbound_sql(conn), [_inbound_values(r) for r in rows])
+def insert_inbound(conn: Connection, facts: Sequence[InboundFact]) -> None:
+    """Insert inbound-message facts. A fact already stored is left as it is, except for its
+    country (`merged_country`)."""
+    if facts:
+        conn.exec_driver_sql(_insert_inbound_sql(conn), list(facts))
 
 
 # --- a message's statuses, stored together ---------------------------------------------------
@@ -87,7 +105,7 @@ def encode_statuses(facts: Iterable[StatusFact]) -> str:
     """The `message_facts.statuses` value of a set of statuses (distinct, by time then status:
     readable, and one msgspec call per message, which a backfill makes hundreds of thousands
     of times)."""
-    rows = sorted({f[1:] for f in facts}, key=itemgetter(1, 0))
+    rows = sorted({f[1:] for f in facts}, key=_row_order)
     return _encode(rows).decode()
 
 
@@ -99,35 +117,6 @@ MessageRow = tuple[str, str, str, CountedUnit | None]
 """(phone_number_id, message_key, `encode_statuses` of every status known of the message, its
 Rule P unit or None): a `message_facts` row."""
 
-_MESSAGE_UNIT = ("unit_ts", "unit_bucket", "unit_category", "unit_pricing_type", "unit_era",
-                 "unit_user_key", "unit_country")  # fmt: skip
-_NO_UNIT = (None,) * len(_MESSAGE_UNIT)
-
-
-def _message_unit_values(unit: CountedUnit | None) -> tuple[Any, ...]:
-    if unit is None:
-        return _NO_UNIT
-    era = unit.era.value if unit.era else None
-    return (unit.timestamp, unit.bucket.value, unit.category, unit.pricing_type, era,
-            unit.user_key, unit.country)  # fmt: skip
-
-
-def _message_unit(message_key: str, values: Sequence[Any]) -> CountedUnit | None:
-    ts, bucket, category, pricing_type, era, user_key, country = values
-    if ts is None:
-        return None
-    return CountedUnit(
-        f"P:{message_key}",
-        UnitKind.BILLABLE_MESSAGE,
-        int(ts),
-        Bucket(bucket),
-        category,
-        pricing_type,
-        Era(era) if era else None,
-        user_key,
-        country,
-    )
-
 
 def write_messages(conn: Connection, rows: Sequence[MessageRow]) -> None:
     """Store messages with their statuses and unit, replacing what was stored.
@@ -136,15 +125,14 @@ def write_messages(conn: Connection, rows: Sequence[MessageRow]) -> None:
     a status, and the unit the rules give for them."""
     if not rows:
         return
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    columns = ("phone_number_id", "message_key", "statuses", *_MESSAGE_UNIT)
+    columns = ("phone_number_id", "message_key", "statuses", *units_repo.MESSAGE_UNIT_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
     conn.exec_driver_sql(
         f"INSERT INTO message_facts ({', '.join(columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))}) "
+        f"VALUES ({', '.join([placeholder(conn)] * len(columns))}) "
         f"ON CONFLICT (phone_number_id, message_key) DO UPDATE SET {updates}",
         [
-            (number, key, statuses, *_message_unit_values(unit))
+            (number, key, statuses, *units_repo.message_unit_values(unit))
             for number, key, statuses, unit in sorted(rows, key=itemgetter(0, 1))
         ],
     )
@@ -220,11 +208,10 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
         insert_inbound(
             conn,
             [
-                {"phone_number_id": phone_number_id, "wamid": wamid, "user_key": wa_key,
-                 "wa_key": wa_key, "bsuid_key": bsuid_key, "ts": ts, "country": country}
+                InboundFact(phone_number_id, wamid, wa_key, wa_key, bsuid_key, ts, country)
                 for wamid, ts, country in moved
             ],
-        )  # fmt: skip
+        )
     # A status row holds the customer inside the message's JSON: rewrite the rows that mention
     # the BSUID key (a hex digest, so a LIKE match can only be that key).
     rows = conn.execute(
@@ -234,7 +221,7 @@ def relink(conn: Connection, phone_number_id: str, bsuid_key: str, wa_key: str) 
         )
     ).all()
     if rows:
-        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        mark = placeholder(conn)
         conn.exec_driver_sql(
             f"UPDATE message_facts SET statuses = {mark} "
             f"WHERE phone_number_id = {mark} AND message_key = {mark}",
@@ -278,13 +265,14 @@ def messages_of(
     `pairs`."""
     rows = fetch_by_pairs(
         conn,
-        f"SELECT phone_number_id, message_key, statuses, {', '.join(_MESSAGE_UNIT)} "
+        "SELECT phone_number_id, message_key, statuses, "
+        f"{', '.join(units_repo.MESSAGE_UNIT_COLUMNS)} "
         "FROM message_facts",
         ("phone_number_id", "message_key"),
         pairs,
     )
     return {
-        (number, key): (decode_statuses(key, stored), _message_unit(key, unit))
+        (number, key): (decode_statuses(key, stored), units_repo.message_unit(key, unit))
         for number, key, stored, *unit in rows
     }
 
@@ -307,117 +295,6 @@ def messages_in_conversations(conn: Connection, pairs: Iterable[Pair]) -> dict[P
     for number, conversation_id, message_key in rows:
         result[(number, conversation_id)].add(message_key)
     return result
-
-
-# --- counted units --------------------------------------------------------------------------------
-
-_UNIT_COLUMNS = (
-    counted_units.c.unit_key,
-    counted_units.c.kind,
-    counted_units.c.ts,
-    counted_units.c.bucket,
-    counted_units.c.category,
-    counted_units.c.pricing_type,
-    counted_units.c.era,
-    counted_units.c.user_key,
-    counted_units.c.country,
-)
-
-
-_SELECT_UNITS = (
-    f"SELECT phone_number_id, {', '.join(c.name for c in _UNIT_COLUMNS)} FROM counted_units"
-)
-
-
-def _unit(row: Sequence[Any]) -> CountedUnit:
-    return CountedUnit(
-        unit_key=row[0],
-        kind=UnitKind(row[1]),
-        timestamp=int(row[2]),
-        bucket=Bucket(row[3]),
-        category=row[4],
-        pricing_type=row[5],
-        era=Era(row[6]) if row[6] else None,
-        user_key=row[7],
-        country=row[8],
-    )
-
-
-def units_by_key(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
-    """{(phone_number_id, unit_key): unit} of the stored units among `pairs`."""
-    rows = fetch_by_pairs(conn, _SELECT_UNITS, ("phone_number_id", "unit_key"), pairs)
-    return {(row[0], row[1]): _unit(row[1:]) for row in rows}
-
-
-def session_units_of(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, CountedUnit]:
-    """{(phone_number_id, unit_key): unit} of every incoming-session unit of these
-    (phone_number_id, user_key) customers."""
-    rows = fetch_by_pairs(
-        conn,
-        _SELECT_UNITS,
-        ("phone_number_id", "user_key"),
-        pairs,
-        # A literal, not a bound value: SQLite uses a partial index only when the query spells
-        # out its condition.
-        condition=f"kind = '{UnitKind.INCOMING_SESSION.value}'",
-    )
-    return {(row[0], row[1]): _unit(row[1:]) for row in rows}
-
-
-_UNIT_FIELDS = ("phone_number_id", "unit_key", "kind", "ts", "bucket", "category",
-                "pricing_type", "era", "user_key", "country")  # fmt: skip
-
-
-def _unit_row(phone_number_id: str, unit: CountedUnit) -> dict[str, Any]:
-    return {
-        "phone_number_id": phone_number_id,
-        "unit_key": unit.unit_key,
-        "kind": unit.kind.value,
-        "ts": unit.timestamp,
-        "bucket": unit.bucket.value,
-        "category": unit.category,
-        "pricing_type": unit.pricing_type,
-        "era": unit.era.value if unit.era else None,
-        "user_key": unit.user_key,
-        "country": unit.country,
-    }
-
-
-def write_units(
-    conn: Connection, upserts: Sequence[tuple[str, CountedUnit]], deletes: Sequence[Pair]
-) -> None:
-    """Delete the (phone_number_id, unit_key) units and insert or replace the given ones."""
-    for sql, params in pair_statements(
-        conn, "DELETE FROM counted_units", ("phone_number_id", "unit_key"), deletes
-    ):
-        conn.exec_driver_sql(sql, params)
-    if upserts:
-        # Driver-level executemany, for the same reason as the fact inserts (hot path).
-        mark = "%s" if conn.dialect.name == "postgresql" else "?"
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _UNIT_FIELDS[2:])
-        sql = (
-            f"INSERT INTO counted_units ({', '.join(_UNIT_FIELDS)}) "
-            f"VALUES ({', '.join([mark] * len(_UNIT_FIELDS))}) "
-            f"ON CONFLICT (phone_number_id, unit_key) DO UPDATE SET {updates}"
-        )
-        conn.exec_driver_sql(
-            sql,
-            [
-                (
-                    number,
-                    u.unit_key,
-                    u.kind.value,
-                    u.timestamp,
-                    u.bucket.value,
-                    u.category,
-                    u.pricing_type,
-                    u.era.value if u.era else None,
-                    u.user_key,
-                    u.country,
-                )  # fmt: skip
-                for number, u in sorted(upserts, key=lambda item: (item[0], item[1].unit_key))
-            ],
-        )
 
 
 # --- whole-number reads, for recount ------------------------------------------------------------
@@ -450,55 +327,3 @@ def all_statuses(conn: Connection, phone_number_id: str) -> list[StatusFact]:
         )
     )
     return [fact for key, stored in rows for fact in decode_statuses(key, stored)]
-
-
-def all_units(conn: Connection, phone_number_id: str) -> dict[str, CountedUnit]:
-    """{unit_key: unit} of every unit of the number, message units included."""
-    rows = conn.execute(
-        select(*_UNIT_COLUMNS).where(counted_units.c.phone_number_id == phone_number_id)
-    )
-    units = {row[0]: _unit(row) for row in rows}
-    messages = conn.execute(
-        select(message_facts.c.message_key, *(message_facts.c[c] for c in _MESSAGE_UNIT)).where(
-            message_facts.c.phone_number_id == phone_number_id,
-            message_facts.c.unit_ts.is_not(None),
-        )
-    )
-    for key, *values in messages:
-        unit = _message_unit(key, values)
-        if unit is not None:
-            units[unit.unit_key] = unit
-    return units
-
-
-def replace_all_units(
-    conn: Connection, phone_number_id: str, units: Mapping[str, CountedUnit]
-) -> None:
-    """Make the number's units exactly `units`: message units in their messages' rows (every
-    message unit comes from a stored message), the others in `counted_units`."""
-    conn.execute(delete(counted_units).where(counted_units.c.phone_number_id == phone_number_id))
-    others = [_unit_row(phone_number_id, u) for _, u in sorted(units.items())
-              if u.kind is not UnitKind.BILLABLE_MESSAGE]  # fmt: skip
-    if others:
-        conn.execute(counted_units.insert(), others)
-    conn.execute(
-        update(message_facts)
-        .where(
-            message_facts.c.phone_number_id == phone_number_id,
-            message_facts.c.unit_ts.is_not(None),
-        )
-        .values(dict.fromkeys(_MESSAGE_UNIT))
-    )
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    assignments = ", ".join(f"{c} = {mark}" for c in _MESSAGE_UNIT)
-    messages = [
-        (*_message_unit_values(u), phone_number_id, u.unit_key.removeprefix("P:"))
-        for _, u in sorted(units.items())
-        if u.kind is UnitKind.BILLABLE_MESSAGE
-    ]
-    if messages:
-        conn.exec_driver_sql(
-            f"UPDATE message_facts SET {assignments} "
-            f"WHERE phone_number_id = {mark} AND message_key = {mark}",
-            messages,
-        )

@@ -10,8 +10,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 T = TypeVar("T")
 
+Pair = tuple[str, str]
+"""(phone_number_id, key): every fact and unit is addressed by its number first, the leading
+column of every key, so a batch's lookups are one query per number (`fetch_by_pairs`)."""
+
 # SQLite allows 32,766 bound parameters per statement (3.32+), PostgreSQL 65,535; stay far below.
 IN_CHUNK = 900
+
+
+def placeholder(conn: Connection) -> str:
+    """The driver's positional parameter mark, for driver SQL (`exec_driver_sql`): `%s` for
+    psycopg, `?` for sqlite3. Driver SQL is used where SQLAlchemy's per-statement work was
+    measured to cost more than the statement itself (the hot paths of ingestion)."""
+    return "%s" if conn.dialect.name == "postgresql" else "?"
 
 
 def insert_for(conn: Connection, table: Table) -> Any:
@@ -27,7 +38,7 @@ def insert_ignore_sql(conn: Connection, table: Table, columns: Sequence[str]) ->
     The ingestion hot path inserts tens of thousands of fact rows per second; handing plain
     tuples straight to the driver skips SQLAlchemy's per-row parameter processing (measured:
     the largest single cost of an import before this)."""
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    mark = placeholder(conn)
     keys = ", ".join(c.name for c in table.primary_key.columns)
     return (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
@@ -39,7 +50,7 @@ def fetch_by_pairs(
     conn: Connection,
     statement: str,
     pair_columns: tuple[str, str],
-    pairs: Iterable[tuple[str, str]],
+    pairs: Iterable[Pair],
     *,
     condition: str = "",
 ) -> list[Any]:
@@ -56,7 +67,7 @@ def pair_statements(
     conn: Connection,
     statement: str,
     pair_columns: tuple[str, str],
-    pairs: Iterable[tuple[str, str]],
+    pairs: Iterable[Pair],
     condition: str = "",
 ) -> Iterator[tuple[str, tuple[str, ...]]]:
     """`statement WHERE number = ? AND key IN (...) [AND condition]` for `pairs` of
@@ -68,7 +79,7 @@ def pair_statements(
     tables grew). Not SQLAlchemy expressions: building and compiling one per chunk cost more
     than the lookups themselves (measured: 4.5 us a key against 1.9 on the hot path of
     ingestion)."""
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    mark = placeholder(conn)
     number_column, key_column = pair_columns
     by_number: dict[str, list[str]] = {}
     for number, key in pairs:

@@ -2,8 +2,10 @@
 
 These are the only things the rest of wastats learns from Meta's JSON: the parser
 (`wastats.whatsapp.payload`) turns a raw body into a `ParseResult`, and ingestion turns the
-events into stored facts. Identifiers are kept exactly as Meta sent them here; ingestion hashes
-customer identifiers before anything is stored.
+events into stored facts. They carry what counting uses and nothing else (no display number,
+WABA id or ad referral: a feature that needs them reads them from the raw body). Identifiers
+are kept exactly as Meta sent them here; ingestion hashes customer identifiers before anything
+is stored.
 """
 
 from __future__ import annotations
@@ -16,10 +18,6 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
 
     phone_number_id: str
     """`value.metadata.phone_number_id`: the business number the message was sent to."""
-    display_phone_number: str | None
-    """`value.metadata.display_phone_number`, as sent (may contain `+` or spaces)."""
-    waba_id: str | None
-    """`entry[].id`: the WhatsApp Business Account."""
     wamid: str
     """`messages[].id`: unique per message, the idempotency key."""
     timestamp: int
@@ -31,16 +29,12 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str | None
     """Business-scoped user id (BSUID): `messages[].from_user_id`, else the matching contact's
     `user_id`."""
-    has_referral: bool = False
-    """True when the message came from a Click-to-WhatsApp ad (`messages[].referral`)."""
 
 
 class StatusUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """A status of a message the business sent (`value.statuses[]`)."""
 
     phone_number_id: str
-    display_phone_number: str | None
-    waba_id: str | None
     wamid: str
     """`statuses[].id`: the business message this status is about."""
     status: str
@@ -90,9 +84,6 @@ class ParseResult(msgspec.Struct, kw_only=True):
     statuses: list[StatusUpdate] = msgspec.field(default_factory=list)
     links: list[IdentityLink] = msgspec.field(default_factory=list)
     problems: list[Problem] = msgspec.field(default_factory=list)
-    ignored_changes: int = 0
-    """`changes[]` whose `field` is not `messages` (account updates, template updates, ...):
-    understood, stored with the body, and not counted."""
 
     @property
     def rejected(self) -> bool:
