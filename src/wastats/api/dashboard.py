@@ -283,14 +283,16 @@ async def login(request: Request) -> Response:
         )
     ctx = context_of(request)
     result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
-    if result is auth.TokenRefusal.LOCKED_OUT:
-        return _login_page(
+    if isinstance(result, auth.LockedOut):
+        page = _login_page(
             request,
             csrf=csrf,
-            error="Too many failed attempts from this address; try again later.",
+            error=result.message[0].upper() + result.message[1:] + ".",
             client_id=client_id,
             status_code=429,
         )
+        page.headers["Retry-After"] = str(result.seconds_left)
+        return page
     if result is auth.TokenRefusal.BAD_CREDENTIALS:
         return _login_page(
             request,
