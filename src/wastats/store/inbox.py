@@ -185,11 +185,10 @@ def keep_bodies(conn: Connection, bodies: dict[int, bytes], sealer: BodySealer) 
     sealed."""
     if not bodies:
         return
-    hashes = dict(
-        conn.execute(
-            select(inbox.c.id, inbox.c.body_sha256).where(inbox.c.id.in_(sorted(bodies)))
-        ).tuples()
-    )
+    hashes: dict[int, str] = {}
+    for part in chunks(sorted(bodies)):
+        rows = conn.execute(select(inbox.c.id, inbox.c.body_sha256).where(inbox.c.id.in_(part)))
+        hashes.update((int(id_), str(sha)) for id_, sha in rows)
     conn.execute(
         update(inbox)
         .where(inbox.c.id == bindparam("row_id"))
