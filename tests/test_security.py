@@ -372,3 +372,40 @@ def test_names_longer_than_their_column_are_a_clear_error(settings: Settings) ->
         "--phone-number-id", PHONE_NUMBER_ID, "--display-name", "é" * 200,
     )  # fmt: skip
     assert code == 0, err
+
+
+def test_bodies_stored_in_clear_by_an_older_wastats_are_sealed_after_the_upgrade(
+    database_url: str, clock: FakeClock
+) -> None:
+    settings = make_settings(database_url)
+    raws = [a_message(f"text {n}") for n in range(3)]
+    db = Database(settings.database_url)
+    try:
+        with db.write() as conn:
+            for n, raw in enumerate(raws):
+                # As migration 0006 left them: a body in clear, no key id.
+                conn.execute(
+                    text(
+                        "INSERT INTO inbox (body_sha256, body, source, received_at, state, events)"
+                        " VALUES (:sha, :body, 'webhook', :at, :state, 0)"
+                    ),
+                    {
+                        "sha": hashlib.sha256(raw).hexdigest(),
+                        "body": raw,
+                        "at": int(clock()),
+                        "state": "pending" if n == 0 else "processed",
+                    },  # fmt: skip
+                )
+    finally:
+        db.dispose()
+    app = create_app(settings, clock=clock)
+    with TestClient(app):
+        # What the processor does once at start, here and now (idempotent).
+        app.state.ctx.ingest.seal_clear_bodies()
+        app.state.ctx.ingest.sweep(older_than=0)
+    stored = rows(settings, "SELECT body, body_key, body_sha256, state FROM inbox ORDER BY id")
+    assert [s[3] for s in stored] == ["processed"] * 3  # the pending one was read and counted
+    for (sealed, key_id, sha, _), raw in zip(stored, raws, strict=True):
+        assert key_id == TEST_SEALER.key_id
+        assert CUSTOMER.encode() not in bytes(sealed)  # type: ignore[arg-type]
+        assert TEST_SEALER.open(bytes(sealed), str(key_id), str(sha)) == raw  # type: ignore[arg-type]

@@ -218,6 +218,7 @@ class IngestService:
 
     def _process_loop(self) -> None:
         self.sweep(older_than=0)
+        self.seal_clear_bodies()
         last_sweep = last_purge = time.monotonic()
         while True:
             try:
@@ -285,6 +286,24 @@ class IngestService:
         if purged:
             log.info("dropped %d raw bodies (retention %d days)", purged, self.retention_days)
         return purged
+
+    def seal_clear_bodies(self) -> int:
+        """Seal the bodies an older wastats stored in clear, in small transactions (in the
+        processor thread, so the service answers meanwhile); returns how many."""
+        sealed = 0
+        while not self._stopping.is_set():
+            try:
+                with self.db.write() as conn:
+                    done = inbox_repo.seal_clear_bodies(conn, self.sealer, 500)
+            except Exception as exc:
+                log.error("sealing bodies stored in clear failed: %s", exc)
+                break
+            if not done:
+                break
+            sealed += done
+        if sealed:
+            log.info("sealed %d raw bodies stored in clear by an older wastats", sealed)
+        return sealed
 
     def _process_ids(self, ids: list[int]) -> bool:
         """Process these inbox rows; returns False if nothing could be done (database down)."""

@@ -286,6 +286,28 @@ def count_by_state(conn: Connection) -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
+def seal_clear_bodies(conn: Connection, sealer: BodySealer, limit: int) -> int:
+    """Seal up to `limit` bodies stored in clear by a wastats from before sealing (migration
+    0007); returns how many. Run until it returns 0."""
+    rows = conn.execute(
+        select(inbox.c.id, inbox.c.body, inbox.c.body_sha256)
+        .where(inbox.c.body.is_not(None), inbox.c.body_key.is_(None))
+        .order_by(inbox.c.id)
+        .limit(limit)
+    ).all()
+    if rows:
+        conn.execute(
+            update(inbox)
+            .where(inbox.c.id == bindparam("row_id"), inbox.c.body_key.is_(None))
+            .values(body=bindparam("sealed"), body_key=sealer.key_id),
+            [
+                {"row_id": int(id_), "sealed": sealer.seal(bytes(body), str(sha))}
+                for id_, body, sha in rows
+            ],
+        )
+    return len(rows)
+
+
 def purgeable(received_before: int) -> ColumnElement[bool]:
     """Which bodies may be dropped: still held, no longer waiting to be counted, and received
     before the cutoff. The one predicate of every purge (timed, at start-up, `wastats events

@@ -13,8 +13,8 @@ Why (issue 11):
   the table is recreated empty rather than converted: at worst a lock in force during the
   upgrade ends early.
 * Raw webhook bodies are sealed with AES-256-GCM; `inbox.body_key` names the key that sealed
-  each one. Bodies stored before this revision keep `body_key` NULL and are read as they are
-  until the retention purge drops them (or `wastats events purge` does at once).
+  each one. Bodies stored before this revision keep `body_key` NULL (read as they are) until
+  the service seals them at its first start (the key is not the migration's to know).
 """
 
 from __future__ import annotations
