@@ -30,7 +30,8 @@ def lockout_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Addresses (IPv6: /64 networks) with recent failures, per client id or for the whole
-    address, and until when each is blocked."""
+    address, and until when each is blocked. `?` and hex digits: a client id no account has
+    (kept as a digest)."""
     s = settings()
     at = now()
     with database(write=True) as conn:

@@ -9,6 +9,7 @@ is higher, so one tenant's typos lock out only that tenant, not everyone behind 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -103,6 +104,13 @@ def is_storable(text: str) -> bool:
     return True
 
 
+def _unknown_client_key(client_id: str) -> str:
+    """The lockout row key of a client id no account has: `?` and 32 hex digits of its SHA-256
+    (account client ids are 24 hex digits, so the two never meet)."""
+    digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"?{digest[:32]}"
+
+
 def issue_token(
     conn: Connection,
     *,
@@ -121,9 +129,11 @@ def issue_token(
     # in text): such a guess is simply wrong, and counts, without being looked up.
     storable = is_storable(client_id) and is_storable(client_secret)
     account = repo.get_account_by_client_id(conn, client_id) if storable else None
-    # Only an existing client id gets its own row: rows for made-up ids would be unbounded,
-    # and guessing the secret of an account that does not exist gains nothing.
-    keys = [repo.ANY_CLIENT] if account is None else [repo.ANY_CLIENT, account.client_id]
+    # A made-up client id gets a row too, under a digest (it may be any length), so a wrong id
+    # costs the same statements as a wrong secret. Such rows are bounded: at most the address
+    # limit per address and window, and they expire.
+    client_key = account.client_id if account else _unknown_client_key(client_id)
+    keys = [repo.ANY_CLIENT, client_key]
     locked_key, until = repo.locked_until(conn, address, keys)
     if until > now:
         return LockedOut(
@@ -142,16 +152,15 @@ def issue_token(
             threshold=lockout.address_threshold,
             lock_seconds=lockout.lock_seconds,
         )
-        if account is not None:
-            repo.record_failure(
-                conn,
-                address=address,
-                client_id=account.client_id,
-                now=now,
-                window=lockout.window_seconds,
-                threshold=lockout.threshold,
-                lock_seconds=lockout.lock_seconds,
-            )
+        repo.record_failure(
+            conn,
+            address=address,
+            client_id=client_key,
+            now=now,
+            window=lockout.window_seconds,
+            threshold=lockout.threshold,
+            lock_seconds=lockout.lock_seconds,
+        )
         return TokenRefusal.BAD_CREDENTIALS
     repo.clear_failures(conn, address, account.client_id)
     token = secrets.token_urlsafe(32)
