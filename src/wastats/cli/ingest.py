@@ -25,7 +25,9 @@ from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 
-events_app = typer.Typer(help="Stored webhook bodies: rejected ones, replay.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="Stored webhook bodies: rejected ones, replay, purge.", no_args_is_help=True
+)
 
 
 def _pipeline_and_db() -> tuple[Pipeline, BodySealer, Database]:
