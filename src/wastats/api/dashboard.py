@@ -2,7 +2,7 @@
 table are filled in by `web/static/dashboard.js` from the /v1 API (docs/api-v1.md).
 
 Security choices, in one place:
-- The session is an ordinary access token (issued by `auth.issue_token`, so the per-IP lockout
+- The session is an ordinary access token (issued by `auth.issue_token`, so the lockout
   of the token endpoint applies to the form too) in an HttpOnly, SameSite=Strict cookie, Secure
   when the request came over https. Logout revokes the token, not only the cookie.
 - Every POST carries a double-submit CSRF token: a random value in the `wastats_csrf` cookie
