@@ -31,7 +31,7 @@ from conftest import (
     make_settings,
     new_postgres_database,
 )
-from helpers import Tenant, add_number, bearer, create_tenant, get_token
+from helpers import TEST_SEALER, Tenant, add_number, bearer, create_tenant, get_token
 from live import live_server
 from pgcluster import PostgresCluster
 from procs import (
@@ -67,12 +67,18 @@ def register(database_url: str) -> Tenant:
 
 
 def inbox_rows(database_url: str) -> list[tuple[bytes, str]]:
-    """(body, state) of every inbox row, read straight from the database."""
+    """(body, state) of every inbox row, read straight from the database (and opened: bodies
+    are sealed at rest with the key the servers derive from the test secret key)."""
     db = Database(database_url, pool_size=1)
     try:
         with db.read() as conn:
-            rows = conn.execute(text("SELECT body, state FROM inbox ORDER BY id")).all()
-        return [(bytes(body), str(state)) for body, state in rows]
+            rows = conn.execute(
+                text("SELECT body, body_key, body_sha256, state FROM inbox ORDER BY id")
+            ).all()
+        return [
+            (TEST_SEALER.open(bytes(body), key_id, sha), str(state))
+            for body, key_id, sha, state in rows
+        ]
     finally:
         db.dispose()
 
