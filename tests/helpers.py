@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
+from conftest import SECRET_KEY
 from wastats.counting.model import Bucket, CountedUnit, Era, UnitKind
 from wastats.domain import accounts, numbers
 from wastats.domain.accounts import load_zone
 from wastats.ingest.pipeline import Pipeline
+from wastats.sealing import BodySealer
 from wastats.settings import Settings
 from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
@@ -120,11 +122,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+TEST_SEALER = BodySealer([SECRET_KEY.encode()])
+"""The sealer of an app built from the test settings (no WASTATS_BODY_KEYS: the secret key)."""
+
+
 def count_batch(conn: Connection, pipeline: Pipeline, batch: list[bytes], *, draft: bool) -> None:
     """Record raw bodies in the inbox and count the new ones in one step, as `wastats import`
     counts a chunk (`draft`: prepared as it does, each message as if new)."""
     new = inbox_repo.insert_bodies(
-        conn, [inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0) for b in batch]
+        conn,
+        [inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0) for b in batch],
+        TEST_SEALER,
     )
     by_sha = {hashlib.sha256(b).hexdigest(): b for b in batch}
     prepared = pipeline.prepare([by_sha[sha] for sha in new], draft=draft)

@@ -32,6 +32,10 @@ def test_help_everywhere() -> None:
         ["numbers", "remove"],
         ["db"],
         ["db", "upgrade"],
+        ["events", "purge"],
+        ["lockout"],
+        ["lockout", "list"],
+        ["lockout", "clear"],
     ):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, (command, result.output)

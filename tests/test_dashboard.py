@@ -237,7 +237,11 @@ def test_lockout_message_after_repeated_failures(database_url: str, clock: FakeC
             assert login(client, tenant, secret="wrong").status_code == 401
         locked = login(client, tenant)  # even the right secret, while locked
         assert locked.status_code == 429
-        assert "Too many failed attempts from this address; try again later." in locked.text
+        assert (
+            "Too many failed attempts from this address for this client id; try again in "
+            "15 minutes." in locked.text
+        )
+        assert locked.headers["Retry-After"] == str(settings.lockout_seconds)
         assert SESSION_COOKIE not in set_cookies(locked)
         clock.advance(settings.lockout_seconds)
         assert login(client, tenant).status_code == 303

@@ -293,3 +293,65 @@ def test_inbound_copies_get_a_key_of_their_own_and_back_postgresql(
     pg_cluster: PostgresCluster,
 ) -> None:
     _on_empty_postgres_database(pg_cluster, "migrate_0006", _migrate_inbound_key)
+
+
+# --- 0007: lockout per (address, client id); sealed inbox bodies -------------------------------
+
+
+def _migrate_hardening(url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from wastats.store.migrate import alembic_config
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0006")
+            conn.execute(
+                text(
+                    "INSERT INTO login_failures (ip, failures, window_start, locked_until) "
+                    "VALUES ('203.0.113.7', 3, 10, 0)"
+                )  # fmt: skip
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO inbox (body_sha256, body, source, received_at, state, events) "
+                    "VALUES ('a', :b, 'webhook', 1, 'processed', 1)"
+                ),  # fmt: skip
+                {"b": b"{}"},
+            )
+            command.upgrade(alembic_config(conn), "0007")
+            key = inspect(conn).get_pk_constraint("login_failures")["constrained_columns"]
+            assert key == ["address", "client_id"]
+            # Counters are short-lived: started afresh. A body from before stays, in clear
+            # (no key id), until the service seals it.
+            assert conn.execute(text("SELECT count(*) FROM login_failures")).scalar() == 0
+            body = conn.execute(text("SELECT body, body_key FROM inbox")).one()
+            assert (bytes(body[0]), body[1]) == (b"{}", None)
+            conn.execute(
+                text("INSERT INTO inbox (body_sha256, body, body_key, source, received_at, "
+                     "state, events) VALUES ('b', :b, 'k1', 'webhook', 1, 'processed', 1)"),
+                {"b": b"sealed"},
+            )  # fmt: skip
+
+            command.downgrade(alembic_config(conn), "0006")
+            # An older wastats cannot open a sealed body: it is dropped, its row stays.
+            left = conn.execute(text("SELECT body_sha256, body FROM inbox ORDER BY 1"))
+            assert [(r[0], None if r[1] is None else bytes(r[1])) for r in left] == [
+                ("a", b"{}"),
+                ("b", None),
+            ]
+            key = inspect(conn).get_pk_constraint("login_failures")["constrained_columns"]
+            assert key == ["ip"]
+    finally:
+        engine.dispose()
+
+
+def test_hardening_migrates_and_back_sqlite(tmp_path: Path) -> None:
+    _migrate_hardening(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_hardening_migrates_and_back_postgresql(pg_cluster: PostgresCluster) -> None:
+    _on_empty_postgres_database(pg_cluster, "migrate_0007", _migrate_hardening)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
@@ -27,7 +28,7 @@ from conftest import (
     drop_postgres_database,
     make_settings,
 )
-from helpers import add_number, bearer, create_tenant, get_token
+from helpers import TEST_SEALER, add_number, bearer, create_tenant, get_token
 from wastats.app import create_app
 from wastats.logs import configure_logging
 from wastats.settings import Settings
@@ -225,6 +226,7 @@ def test_ingest_lag_is_the_age_of_the_oldest_pending_body(
                     inbox_repo.NewBody(sha256=c * 64, body=b"{}", source="webhook", received_at=t)
                     for c, t in (("a", int(clock.now) - 120), ("b", int(clock.now) - 30))
                 ],
+                TEST_SEALER,
             )
     finally:
         db.dispose()
@@ -482,3 +484,50 @@ def test_configure_logging_replaces_its_own_handler_only(settings: Settings) -> 
     finally:
         root.removeHandler(second)
         root.setLevel(level)
+
+
+def test_a_real_serve_process_logs_each_request_once_and_never_the_query(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Issue 11, item 1: uvicorn's own access logger re-enabled by `configure_logging` wrote a
+    second line per request, with the query string, so the handshake's verify token was in the
+    log of every `wastats serve`."""
+    from procs import Server
+
+    server = Server(
+        database_url,
+        tmp_path / "served",
+        env_extra={
+            "WASTATS_LOG_LEVEL": "INFO",
+            "WASTATS_LOG_FORMAT": "json",
+            "WASTATS_META_VERIFY_TOKEN": VERIFY_TOKEN,
+        },
+    )
+    server.start()
+    try:
+        handshake = httpx.get(
+            f"{server.url}/webhooks/whatsapp",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": VERIFY_TOKEN,
+                "hub.challenge": "4242",
+            },
+            headers={"X-Request-ID": "handshake-1"},
+            timeout=15.0,
+        )
+        assert (handshake.status_code, handshake.text) == (200, "4242")
+    finally:
+        server.stop()
+    log = server.logs()
+    assert VERIFY_TOKEN not in log
+    assert "hub.challenge" not in log
+    assert "4242" not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    mentions = [line for line in lines if "/webhooks/whatsapp" in json.dumps(line)]
+    [access] = mentions  # one line for the request, from our access log only
+    assert access["logger"] == "wastats.access"
+    assert (access["path"], access["status"], access["request_id"]) == (
+        "/webhooks/whatsapp",
+        200,
+        "handshake-1",
+    )

@@ -13,6 +13,8 @@ from conftest import FakeClock, make_settings
 from helpers import Tenant, add_number, bearer, create_tenant, get_token, seed_units
 from wastats.app import create_app
 from wastats.settings import Settings
+from wastats.store import accounts as accounts_repo
+from wastats.store.db import Database
 
 STATS = "/api/whatsapp/getConversationsStatistics"
 NUMBERS = "/api/whatsapp/getWhatsApp"
@@ -112,13 +114,119 @@ def test_lockout_after_repeated_failures_and_per_ip(database_url: str, clock: Fa
     with TestClient(create_app(settings, clock=clock)) as client:
         for _ in range(3):
             assert client.post(TOKEN, json=bad, headers=attacker).json()["reason"] == 2
-        locked = fail(3, "too many failed attempts from this address; try again later")
+        locked = fail(
+            3,
+            "too many failed attempts from this address for this client id; try again in "
+            "10 minutes",
+        )
         # Locked out: even the right secret is refused, so guessing can't go on.
         assert client.post(TOKEN, json=good, headers=attacker).json() == locked
         # Another address is not affected.
         assert client.post(TOKEN, json=good, headers=other).json()["status"] == "OK"
         clock.advance(601)
         assert client.post(TOKEN, json=good, headers=attacker).json()["status"] == "OK"
+
+
+def test_one_tenants_success_does_not_reset_the_guesses_at_another(
+    database_url: str, clock: FakeClock
+) -> None:
+    """Issue 11, item 4: a successful sign-in of tenant A from an address reset the address's
+    count, so an attacker holding A's credentials could guess B's secret without limit."""
+    settings = make_settings(database_url, lockout_threshold=3, forwarded_allow_ips="*")
+    mine, victim = create_tenant(settings), create_tenant(settings)
+    mine_ok = {"client_id": mine.client_id, "client_secret": mine.client_secret}
+    guess = {"client_id": victim.client_id, "client_secret": "guess"}
+    attacker = {"X-Forwarded-For": "203.0.113.7"}
+    with TestClient(create_app(settings, clock=clock)) as client:
+        reasons = []
+        for _ in range(4):
+            reasons.append(client.post(TOKEN, json=guess, headers=attacker).json()["reason"])
+            assert client.post(TOKEN, json=mine_ok, headers=attacker).json()["status"] == "OK"
+        assert reasons == [2, 2, 2, 3]
+
+
+def test_one_tenants_typos_do_not_lock_out_the_others_behind_the_address(
+    database_url: str, clock: FakeClock
+) -> None:
+    """Issue 11, item 4: ten failures of one tenant locked out every tenant behind the same
+    address. Now only that tenant is blocked; the whole address only at the address limit."""
+    settings = make_settings(
+        database_url,
+        lockout_threshold=2,
+        lockout_address_threshold=5,
+        lockout_seconds=90,
+        forwarded_allow_ips="*",
+    )
+    clumsy, other = create_tenant(settings), create_tenant(settings)
+    other_ok = {"client_id": other.client_id, "client_secret": other.client_secret}
+    office = {"X-Forwarded-For": "198.51.100.20"}
+    with TestClient(create_app(settings, clock=clock)) as client:
+
+        def attempt(body: dict[str, str]) -> dict[str, object]:
+            return dict(client.post(TOKEN, json=body, headers=office).json())
+
+        wrong = {"client_id": clumsy.client_id, "client_secret": "typo"}
+        assert [attempt(wrong)["reason"] for _ in range(3)] == [2, 2, 3]
+        assert attempt(other_ok)["status"] == "OK"
+        # Spraying made-up client ids counts against the address: at 5 failures (the two
+        # above and three more) everyone behind it is blocked, for the stated time.
+        assert [
+            attempt({"client_id": f"x{i}", "client_secret": "y"})["reason"] for i in range(4)
+        ] == [2, 2, 2, 3]
+        assert attempt(other_ok) == fail(
+            3, "too many failed attempts from this address; try again in 2 minutes"
+        )
+        clock.advance(91)
+        assert attempt(other_ok)["status"] == "OK"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe", True),  # one /64
+        ("2001:db8:1:2::1", "2001:db8:1:3::1", False),  # the next /64
+        ("::ffff:192.0.2.9", "192.0.2.9", True),  # IPv4-mapped is its IPv4 address
+        ("192.0.2.9", "192.0.2.10", False),
+        ("x" * 65, "not an address", True),  # both invalid: one bucket, counted
+    ],
+)
+def test_failures_are_counted_per_network_and_bad_addresses_count_too(
+    database_url: str, clock: FakeClock, first: str, second: str, same: bool
+) -> None:
+    """IPv6 by /64, IPv4-mapped as IPv4; a 65-character X-Forwarded-For gave a 500 on
+    PostgreSQL (the address column holds 64) and was never counted."""
+    settings = make_settings(database_url, lockout_threshold=2, forwarded_allow_ips="*")
+    tenant = create_tenant(settings)
+    bad = {"client_id": tenant.client_id, "client_secret": "guess"}
+    good = {"client_id": tenant.client_id, "client_secret": tenant.client_secret}
+    with TestClient(create_app(settings, clock=clock)) as client:
+        for _ in range(2):
+            answer = client.post(TOKEN, json=bad, headers={"X-Forwarded-For": first})
+            assert (answer.status_code, answer.json()["reason"]) == (200, 2)
+        answer = client.post(TOKEN, json=good, headers={"X-Forwarded-For": second})
+        assert answer.status_code == 200
+        assert answer.json()["reason"] == (3 if same else 1)
+
+
+def test_old_failure_rows_expire(database_url: str, clock: FakeClock) -> None:
+    settings = make_settings(
+        database_url, lockout_window_seconds=60, lockout_seconds=60, forwarded_allow_ips="*"
+    )
+    tenant = create_tenant(settings)
+    bad = {"client_id": tenant.client_id, "client_secret": "guess"}
+    with TestClient(create_app(settings, clock=clock)) as client:
+        for n in range(20):
+            client.post(TOKEN, json=bad, headers={"X-Forwarded-For": f"192.0.2.{n}"})
+        with Database(settings.database_url).read() as conn:
+            assert len(accounts_repo.list_failures(conn)) == 40
+        clock.advance(61)
+        client.post(TOKEN, json=bad, headers={"X-Forwarded-For": "198.51.100.1"})
+        with Database(settings.database_url).read() as conn:
+            rows = accounts_repo.list_failures(conn)
+        assert {(r.address, r.client_id) for r in rows} == {
+            ("198.51.100.1", ""),
+            ("198.51.100.1", tenant.client_id),
+        }
 
 
 def test_failures_outside_the_window_do_not_add_up(database_url: str, clock: FakeClock) -> None:
@@ -467,6 +575,7 @@ def test_unknown_path_is_a_404_problem(client: TestClient) -> None:
 def test_healthz_and_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json() == {
         "status": "ok",
+        "problems": [],
         "database": "ok",
         "ingest": "running",
         "inbox": {"pending": 0, "rejected": 0, "processed": 0},

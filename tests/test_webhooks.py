@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from conftest import APP_SECRET, FIXTURES, FakeClock, make_settings
-from helpers import add_number, bearer, create_tenant, get_token
+from helpers import TEST_SEALER, add_number, bearer, create_tenant, get_token
 from wastats.app import create_app
 from wastats.settings import Settings
 from wastats.store.db import Database
@@ -86,12 +87,26 @@ def test_bad_or_missing_signature_is_401_and_nothing_is_stored(
     assert inbox_states(settings) == []
 
 
-def test_without_app_secret_every_post_is_refused_with_503(database_url: str) -> None:
+def test_without_app_secret_every_post_is_refused_with_503(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = make_settings(database_url, meta_app_secret=None)
-    with TestClient(create_app(settings)) as client:
+    reason = "WASTATS_META_APP_SECRET is not set: every webhook POST is refused with 503"
+    with (
+        caplog.at_level(logging.WARNING, logger="wastats"),
+        TestClient(create_app(settings)) as client,
+    ):
+        # Said at start-up, before any webhook is refused (issue 11, item 8)...
+        assert [r.getMessage() for r in caplog.records if r.name == "wastats"] == [
+            f"configuration: {reason}"
+        ]
         response = client.post(WEBHOOK, content=b"{}", headers={"X-Hub-Signature-256": "sha256=0"})
         assert response.status_code == 503
         assert response.json()["detail"] == "the webhook secret is not configured"
+        # ...and by the health check, which must not say ok while every webhook is refused.
+        health = client.get("/healthz")
+        assert health.status_code == 200
+        assert (health.json()["status"], health.json()["problems"]) == ("degraded", [reason])
 
 
 def test_several_app_secrets_are_each_accepted(database_url: str) -> None:
@@ -135,8 +150,9 @@ def test_signed_but_not_understood_is_stored_200_and_rejected(
     [(state, reason)] = inbox_states(settings)
     assert state == "rejected"
     assert reason_part in str(reason)
-    stored = rows(settings, "SELECT body FROM inbox")
-    assert bytes(stored[0][0]) == raw  # kept byte for byte, for replay after an upgrade
+    [(sealed, key_id, sha)] = rows(settings, "SELECT body, body_key, body_sha256 FROM inbox")
+    # Kept byte for byte, for replay after an upgrade, and sealed at rest.
+    assert TEST_SEALER.open(bytes(sealed), key_id, sha) == raw  # type: ignore[arg-type]
     health = client.get("/healthz").json()
     assert health["inbox"]["rejected"] == 1
 

@@ -33,6 +33,7 @@ from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
+from wastats.sealing import load_body_sealer
 from wastats.settings import Settings, load_settings
 from wastats.store.db import Database
 from wastats.store.migrate import check_schema_current
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     ingest = IngestService(
         db,
         Pipeline(CustomerHasher(load_secret_key(settings))),
+        load_body_sealer(settings),
         clock=clock,
         retention_days=settings.raw_retention_days,
     )
@@ -56,6 +58,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Refuse to serve on an old schema rather than fail request by request.
         await ctx.run(check_schema_current, db)
+        for problem_ in health.configuration_problems(ctx):
+            log.warning("configuration: %s", problem_)
         ingest.start()
         try:
             yield

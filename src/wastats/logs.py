@@ -46,7 +46,13 @@ _SENSITIVE_FIELD = re.compile(r"authorization|cookie|password|secret|token|signa
 _MASK = "[redacted]"
 
 # Loggers uvicorn configures for itself; ours must reach the root handler instead.
-_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+
+# uvicorn's own access logger writes the request line with its full query string (the webhook
+# handshake carries `hub.verify_token` there) and would be a second line per request beside
+# `wastats.access`. uvicorn logs access only if this logger has a handler somewhere up its
+# chain (it checks `hasHandlers()` per connection), so it is cut off from the root handler.
+_UVICORN_ACCESS = "uvicorn.access"
 
 # HTTP client libraries log every request's full URL, query string included, at INFO; a URL
 # can carry a credential (the Graph API takes `access_token=` there). Only their warnings.
@@ -169,6 +175,9 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> lo
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    access = logging.getLogger(_UVICORN_ACCESS)
+    access.handlers.clear()
+    access.propagate = False
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     return handler

@@ -44,14 +44,18 @@ class Settings(BaseSettings):
     lockout_threshold: int = Field(
         default=10,
         ge=1,
-        description="Failed `accessToken` attempts from one IP, within the lockout window, that "
-        "block it.",
+        description="Failed `accessToken` attempts for one client id from one address, within "
+        "the lockout window, that block that client id from that address (an IPv6 address "
+        "counts as its /64).",
     )
     lockout_window_seconds: int = Field(
         default=900, ge=1, description="Window in which failed attempts are counted."
     )
     lockout_seconds: int = Field(
-        default=900, ge=1, description="How long an IP stays blocked once over the threshold."
+        default=900,
+        ge=1,
+        description="How long an address (or a client id from it) stays blocked once over "
+        "a threshold.",
     )
     max_body_bytes: int = Field(
         default=1 * MIB, ge=1024, description="Largest request body accepted by the APIs."
@@ -130,6 +134,23 @@ class Settings(BaseSettings):
         if self.metrics is not None:
             return self.metrics
         return "token" if self.metrics_token is not None else "public"
+
+    # --- hardening (issue 11) -------------------------------------------------------------
+    lockout_address_threshold: int = Field(
+        default=100,
+        ge=1,
+        description="Failed `accessToken` attempts from one address, whatever the client id, "
+        "within the lockout window, that block the whole address. Higher than "
+        "`WASTATS_LOCKOUT_THRESHOLD`, so one tenant's typos do not lock out the others behind "
+        "the same address.",
+    )
+    body_keys: SecretStr | None = Field(
+        default=None,
+        description="Secrets the raw webhook bodies are sealed with (AES-256-GCM, key by "
+        "HKDF), comma-separated: the first seals new bodies, every one opens old ones "
+        "(rotation: put a new secret first, drop the old one once bodies sealed with it are "
+        "purged). Unset: the key is derived from the secret key.",
+    )
 
     @field_validator("database_url")
     @classmethod

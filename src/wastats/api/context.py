@@ -44,7 +44,7 @@ class AppContext:
 
     def issue_token(
         self, client_id: str, client_secret: str, ip: str
-    ) -> auth.IssuedToken | auth.TokenRefusal:
+    ) -> auth.IssuedToken | auth.TokenRefusal | auth.LockedOut:
         """A token for client credentials under the configured lifetime and lockout (blocking:
         call through `run`). The compatible API and the dashboard's sign-in share it."""
         s = self.settings
@@ -60,6 +60,7 @@ class AppContext:
                     threshold=s.lockout_threshold,
                     window_seconds=s.lockout_window_seconds,
                     lock_seconds=s.lockout_seconds,
+                    address_threshold=s.lockout_address_threshold,
                 ),
             )
 

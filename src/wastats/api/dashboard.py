@@ -2,7 +2,7 @@
 table are filled in by `web/static/dashboard.js` from the /v1 API (docs/api-v1.md).
 
 Security choices, in one place:
-- The session is an ordinary access token (issued by `auth.issue_token`, so the per-IP lockout
+- The session is an ordinary access token (issued by `auth.issue_token`, so the lockout
   of the token endpoint applies to the form too) in an HttpOnly, SameSite=Strict cookie, Secure
   when the request came over https. Logout revokes the token, not only the cookie.
 - Every POST carries a double-submit CSRF token: a random value in the `wastats_csrf` cookie
@@ -294,15 +294,6 @@ async def login_form(request: Request) -> Response:
     return _login_page(request, csrf=_csrf_token(request))
 
 
-_REFUSALS = {
-    auth.TokenRefusal.LOCKED_OUT: (
-        429,
-        "Too many failed attempts from this address; try again later.",
-    ),
-    auth.TokenRefusal.BAD_CREDENTIALS: (401, "The client id or secret is wrong."),
-}
-
-
 @router.post("/login")
 async def login(request: Request) -> Response:
     form = await checked_form(request)
@@ -322,11 +313,25 @@ async def login(request: Request) -> Response:
         )
     ctx = context_of(request)
     result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
-    if isinstance(result, auth.TokenRefusal):
-        status_code, error = _REFUSALS[result]
-        return _login_page(
-            request, csrf=csrf, error=error, client_id=client_id, status_code=status_code
+    if isinstance(result, auth.LockedOut):
+        page = _login_page(
+            request,
+            csrf=csrf,
+            error=result.message[0].upper() + result.message[1:] + ".",
+            client_id=client_id,
+            status_code=429,
         )
+        page.headers["Retry-After"] = str(result.seconds_left)
+        return page
+    if result is auth.TokenRefusal.BAD_CREDENTIALS:
+        return _login_page(
+            request,
+            csrf=csrf,
+            error="The client id or secret is wrong.",
+            client_id=client_id,
+            status_code=401,
+        )
+    assert isinstance(result, auth.IssuedToken)
     old = request.cookies.get(SESSION_COOKIE, "").strip()
     if old:
         # Signing in again replaces the session: the previous token should not linger.

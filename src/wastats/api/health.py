@@ -24,12 +24,26 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
+def configuration_problems(ctx: AppContext) -> list[str]:
+    """What in the configuration keeps the service from doing its job, one line each: logged as
+    a warning at start-up and reported by /healthz, so a service that answers but refuses every
+    webhook is not mistaken for a healthy one."""
+    problems: list[str] = []
+    if not ctx.meta_app_secrets:
+        problems.append(
+            "WASTATS_META_APP_SECRET is not set: every webhook POST is refused with 503"
+        )
+    return problems
+
+
 def _check(ctx: AppContext) -> dict[str, Any]:
     with ctx.db.read() as conn:
         states = inbox_repo.count_by_state(conn)
     running = ctx.ingest is not None and ctx.ingest.running
+    problems = configuration_problems(ctx)
     return {
-        "status": "ok" if running else "degraded",
+        "status": "ok" if running and not problems else "degraded",
+        "problems": problems,
         "database": "ok",
         "ingest": "running" if running else "stopped",
         "inbox": {

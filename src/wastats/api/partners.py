@@ -113,8 +113,8 @@ async def access_token(request: Request) -> JSONResponse:
             "the body must be a JSON object with string client_id and client_secret",
         )
     result = await ctx.run(ctx.issue_token, client_id, client_secret, client_ip(request))
-    if result is auth.TokenRefusal.LOCKED_OUT:
-        return fail(Reason.TOKEN_OR_LOCKOUT, result.value)
+    if isinstance(result, auth.LockedOut):
+        return fail(Reason.TOKEN_OR_LOCKOUT, result.message)
     if result is auth.TokenRefusal.BAD_CREDENTIALS:
         return fail(Reason.BAD_CREDENTIALS_OR_BODY, result.value)
     assert isinstance(result, auth.IssuedToken)

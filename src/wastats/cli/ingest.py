@@ -20,20 +20,24 @@ from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secre
 from wastats.ingest.importer import ImportFileError, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import numbers_to_recount, recount_number
+from wastats.sealing import BodySealer, load_body_sealer
 from wastats.store import counts as counts_repo
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 
-events_app = typer.Typer(help="Stored webhook bodies: rejected ones, replay.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="Stored webhook bodies: rejected ones, replay, purge.", no_args_is_help=True
+)
 
 
-def _pipeline_and_db() -> tuple[Pipeline, Database]:
+def _pipeline_and_db() -> tuple[Pipeline, BodySealer, Database]:
     s = settings()
     try:
         hasher = CustomerHasher(load_secret_key(s))
+        sealer = load_body_sealer(s)
     except SecretKeyMissing as exc:
         fail(str(exc))
-    return Pipeline(hasher), open_database(migrate=True)
+    return Pipeline(hasher), sealer, open_database(migrate=True)
 
 
 def import_command(
@@ -60,7 +64,7 @@ def import_command(
     """Backfill webhook history from files. Idempotent: importing a file twice changes nothing.
 
     No signature is needed: whoever can run this command can write to the database anyway."""
-    pipeline, db = _pipeline_and_db()
+    pipeline, sealer, db = _pipeline_and_db()
     report = ImportReport()
     unreadable: list[str] = []
     total = sum(f.stat().st_size for f in files)
@@ -92,7 +96,7 @@ def import_command(
                 try:
                     import_file(
                         db, pipeline, path, now=now(), report=report, on_bytes=advance,
-                        parser=parser,
+                        parser=parser, sealer=sealer,
                     )  # fmt: skip
                 except ImportFileError as exc:
                     unreadable.append(f"{path.name}: {exc}")  # the other files are still imported
@@ -201,7 +205,7 @@ def replay(
     """Parse and count stored rejected bodies again (after an upgrade that understands them).
 
     Safe to repeat: counting is idempotent, so what was already counted is not counted twice."""
-    pipeline, db = _pipeline_and_db()
+    pipeline, sealer, db = _pipeline_and_db()
     try:
         with db.read() as conn:
             chosen = ids or inbox_repo.ids_by_state(conn, inbox_repo.REJECTED)
@@ -210,7 +214,7 @@ def replay(
             part = chosen[start : start + 500]
             with db.write() as conn:
                 bodies = inbox_repo.load_bodies(
-                    conn, part, states=(inbox_repo.REJECTED, inbox_repo.PENDING)
+                    conn, part, sealer, states=(inbox_repo.REJECTED, inbox_repo.PENDING)
                 )
                 report = pipeline.process(conn, bodies, now())
             processed += report.bodies

@@ -24,8 +24,10 @@ class NewCredentials:
 
 
 def hash_secret(secret: str) -> str:
-    # Secrets and tokens are 256 random bits: a slow password hash would add nothing but a
-    # denial-of-service lever, so a plain SHA-256 is the right tool here.
+    """The stored form of a client secret or an access token (the one hash of both).
+
+    Both are 256 random bits: a slow password hash would add nothing but a denial-of-service
+    lever, so a plain SHA-256 is the right tool here, and lookups by hash need no clear copy."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
@@ -39,10 +41,26 @@ def load_zone(name: str) -> ZoneInfo:
         ) from None
 
 
+MAX_NAME = 200
+"""Longest account, display or business name, in characters (the columns' size)."""
+
+
+def check_name(label: str, value: str | None) -> None:
+    """InvalidInput, naming the limit, for a name its column cannot hold (PostgreSQL refused it
+    with a traceback; SQLite kept it whole)."""
+    if value is not None and len(value) > MAX_NAME:
+        raise InvalidInput(
+            f"the {label} is {len(value)} characters long; at most {MAX_NAME} are allowed"
+        )
+    if value is not None and "\x00" in value:
+        raise InvalidInput(f"the {label} must not contain a NUL character")
+
+
 def create_account(conn: Connection, *, name: str, timezone: str, now: int) -> NewCredentials:
     name = name.strip()
     if not name:
         raise InvalidInput("the account name must not be empty")
+    check_name("account name", name)
     load_zone(timezone)
     client_id = secrets.token_hex(12)
     client_secret = secrets.token_urlsafe(32)

@@ -6,7 +6,7 @@ import re
 
 from sqlalchemy import Connection
 
-from wastats.domain.accounts import get_account, load_zone
+from wastats.domain.accounts import check_name, get_account, load_zone
 from wastats.domain.errors import Conflict, InvalidInput, NotFound
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import counts as counts_repo
@@ -34,6 +34,8 @@ def add_number(
     digits = normalise_whatsapp(whatsapp)
     if digits is None:
         raise InvalidInput(f"{whatsapp!r} is not a phone number: expected 8 to 15 digits")
+    check_name("display name", display_name)
+    check_name("business name", business_name)
     for label, value in (("phone-number id", phone_number_id), ("WABA id", waba_id)):
         if value is not None and not _META_ID.fullmatch(value):
             raise InvalidInput(f"{value!r} is not a valid {label}")

@@ -42,6 +42,7 @@ from sqlalchemy import Connection
 
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import BatchReport, Pipeline, PreparedBatch
+from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 
@@ -331,9 +332,12 @@ def import_file(
     report: ImportReport,
     on_bytes: Callable[[int], None] = lambda n: None,
     parser: Executor | None = None,
+    sealer: BodySealer,
 ) -> None:
     """Import one file. With `parser` (from `parsing_process`), each chunk is parsed there while
-    the one before it is being stored; without, everything runs in this process."""
+    the one before it is being stored; without, everything runs in this process. Lines are
+    stored as hashes only, except rejected ones, whose bodies are kept sealed by `sealer` for
+    `wastats events replay`."""
     ahead: deque[tuple[list[bytes], Future[_Chunk]]] = deque()
     damage = _Damage()
     lines_before = report.lines
@@ -347,15 +351,15 @@ def import_file(
     ):
         for lines in _chunks(raw, stream, on_bytes, damage):
             if parser is None:
-                _store(writes, pipeline, lines, _prepare(lines, pipeline), now=now, report=report)
+                _store(writes, pipeline, lines, _prepare(lines, pipeline), now, report, sealer)
                 continue
             ahead.append((lines, parser.submit(_prepare, lines)))
             if len(ahead) > 1:
                 lines, parsed = ahead.popleft()
-                _store(writes, pipeline, lines, parsed.result(), now=now, report=report)
+                _store(writes, pipeline, lines, parsed.result(), now, report, sealer)
         while ahead:
             lines, parsed = ahead.popleft()
-            _store(writes, pipeline, lines, parsed.result(), now=now, report=report)
+            _store(writes, pipeline, lines, parsed.result(), now, report, sealer)
     if damage.error is not None:
         # Raised only now, after the transaction above committed what came before the damage.
         raise DamagedFile(
@@ -370,9 +374,9 @@ def _store(
     pipeline: Pipeline,
     lines: list[bytes],
     chunk: _Chunk,
-    *,
     now: int,
     report: ImportReport,
+    sealer: BodySealer,
 ) -> None:
     with _collector_paused():
         conn = writes.connection()
@@ -382,6 +386,7 @@ def _store(
                 inbox_repo.NewBody(sha256=sha, body=None, source="import", received_at=now)
                 for sha in chunk.distinct
             ],
+            sealer,
         )
         if len(new) == len(chunk.distinct):
             ids = [new[sha] for sha in chunk.distinct]
@@ -390,7 +395,7 @@ def _store(
             todo = [(new[sha], lines[i]) for sha, i in chunk.distinct.items() if sha in new]
             counted = pipeline.process(conn, todo, now)
         by_id = {new[sha]: lines[i] for sha, i in chunk.distinct.items() if sha in new}
-        inbox_repo.keep_bodies(conn, {i: by_id[i] for i in counted.rejected_ids})
+        inbox_repo.keep_bodies(conn, {i: by_id[i] for i in counted.rejected_ids}, sealer)
     writes.stored(sum(len(line) for line in lines))
     report.lines += len(lines)
     report.new_bodies += len(new)

@@ -1,7 +1,8 @@
-"""Repository: accounts, their access tokens, and the per-IP lockout of the token endpoint."""
+"""Repository: accounts, their access tokens, and the lockout of the token endpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, case, delete, func, select, update
@@ -129,27 +130,51 @@ def delete_tokens_of(conn: Connection, account_id: int) -> int:
 
 # --- lockout ------------------------------------------------------------------------------------
 
+ANY_CLIENT = ""
+"""`client_id` of the row that counts every failure from an address."""
 
-def locked_until(conn: Connection, ip: str) -> int:
-    value = conn.execute(
-        select(login_failures.c.locked_until).where(login_failures.c.ip == ip)
-    ).scalar()
-    return int(value or 0)
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    address: str
+    client_id: str
+    failures: int
+    window_start: int
+    locked_until: int
+
+
+def locked_until(conn: Connection, address: str, client_ids: Sequence[str]) -> tuple[str, int]:
+    """The latest lock on `address` for any of `client_ids`: (client id, until), or ('', 0)."""
+    row = conn.execute(
+        select(login_failures.c.client_id, login_failures.c.locked_until)
+        .where(login_failures.c.address == address, login_failures.c.client_id.in_(client_ids))
+        .order_by(login_failures.c.locked_until.desc())
+        .limit(1)
+    ).first()
+    return (str(row[0]), int(row[1])) if row else (ANY_CLIENT, 0)
 
 
 def record_failure(
-    conn: Connection, *, ip: str, now: int, window: int, threshold: int, lock_seconds: int
+    conn: Connection,
+    *,
+    address: str,
+    client_id: str,
+    now: int,
+    window: int,
+    threshold: int,
+    lock_seconds: int,
 ) -> bool:
-    """Count one failed attempt from `ip`; returns True if that attempt locks the IP.
+    """Count one failed attempt in the (address, client id) row; returns True if that attempt
+    locks it.
 
     One atomic upsert, so concurrent failures from several API processes all count.
     """
     stmt = insert_for(conn, login_failures).values(
-        ip=ip, failures=1, window_start=now, locked_until=0
+        address=address, client_id=client_id, failures=1, window_start=now, locked_until=0
     )
     stale = login_failures.c.window_start <= now - window
     stmt = stmt.on_conflict_do_update(
-        index_elements=[login_failures.c.ip],
+        index_elements=[login_failures.c.address, login_failures.c.client_id],
         set_={
             "failures": case((stale, 1), else_=login_failures.c.failures + 1),
             "window_start": case((stale, now), else_=login_failures.c.window_start),
@@ -161,11 +186,53 @@ def record_failure(
     # Locked: the count starts afresh when the lock ends.
     conn.execute(
         update(login_failures)
-        .where(login_failures.c.ip == ip)
+        .where(login_failures.c.address == address, login_failures.c.client_id == client_id)
         .values(locked_until=now + lock_seconds, failures=0, window_start=now + lock_seconds)
     )
     return True
 
 
-def clear_failures(conn: Connection, ip: str) -> None:
-    conn.execute(delete(login_failures).where(login_failures.c.ip == ip))
+def clear_failures(conn: Connection, address: str, client_id: str) -> None:
+    """Forget one (address, client id) row: after that client's own successful sign-in. The
+    address-wide row is never cleared by a success (one tenant's success must not reset the
+    count of guesses at another's secret)."""
+    conn.execute(
+        delete(login_failures).where(
+            login_failures.c.address == address, login_failures.c.client_id == client_id
+        )
+    )
+
+
+def expire_failures(conn: Connection, *, now: int, window: int) -> int:
+    """Drop rows whose window has passed and whose lock (if any) has ended."""
+    result = conn.execute(
+        delete(login_failures).where(
+            login_failures.c.window_start <= now - window, login_failures.c.locked_until <= now
+        )
+    )
+    return int(result.rowcount)
+
+
+def list_failures(conn: Connection) -> list[FailureRow]:
+    rows = conn.execute(
+        select(
+            login_failures.c.address,
+            login_failures.c.client_id,
+            login_failures.c.failures,
+            login_failures.c.window_start,
+            login_failures.c.locked_until,
+        ).order_by(login_failures.c.locked_until.desc(), login_failures.c.address)
+    )
+    return [FailureRow(str(a), str(c), int(f), int(w), int(u)) for a, c, f, w, u in rows]
+
+
+def delete_failures(
+    conn: Connection, *, address: str | None = None, client_id: str | None = None
+) -> int:
+    """Delete lockout rows (all of them, or those of an address and/or a client id)."""
+    stmt = delete(login_failures)
+    if address is not None:
+        stmt = stmt.where(login_failures.c.address == address)
+    if client_id is not None:
+        stmt = stmt.where(login_failures.c.client_id == client_id)
+    return int(conn.execute(stmt).rowcount)

@@ -9,6 +9,7 @@ to WAL, never wait for the writer.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ class Database:
         )
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).resolve().parent.mkdir(parents=True, exist_ok=True)
+                create_private_file(Path(parsed.database))
             self.engine = create_engine(
                 url,
                 connect_args={
@@ -119,6 +120,20 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file, if it is not there yet, readable by its owner only (0600): it
+    holds sealed webhook bodies, hashed credentials and every tenant's counts. SQLite creates
+    the -wal and -shm files with the database file's permissions, so they follow. An existing
+    file keeps the permissions the operator gave it."""
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def create_database(url: str) -> Database:
     return Database(url)
 
@@ -131,6 +146,9 @@ def create_migration_engine(url: str) -> Engine:
     changes committed one by one; a killed upgrade then left a half-migrated database that
     could not be upgraded again. With an explicit BEGIN the whole upgrade is one transaction."""
     engine = create_engine(url, poolclass=NullPool)
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        create_private_file(Path(database))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_manual_transactions)
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))

@@ -74,10 +74,18 @@ access_tokens = Table(
 login_failures = Table(
     "login_failures",
     metadata,
-    Column("ip", String(64), primary_key=True),
+    # Failed `accessToken` attempts, counted twice (migration 0007): per address (`client_id`
+    # '') and per (address, client id) of an existing account, with separate limits, so that
+    # neither one tenant's success resets another's count nor one tenant's typos lock out the
+    # others behind the same address. `address` is an IPv4 address, an IPv6 /64 network, or
+    # `invalid` (wastats.domain.auth.lockout_address).
+    Column("address", String(64), nullable=False),
+    Column("client_id", String(64), nullable=False),
     Column("failures", Integer, nullable=False),
     Column("window_start", BigInteger, nullable=False),
     Column("locked_until", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("address", "client_id"),
+    Index(None, "window_start"),
 )
 
 business_numbers = Table(
@@ -137,7 +145,11 @@ inbox = Table(
     # SHA-256 of the raw body: Meta's retries and re-imports of the same file are the same body,
     # stored once.
     Column("body_sha256", String(64), nullable=False, unique=True),
-    Column("body", LargeBinary),  # NULL once older than WASTATS_RAW_RETENTION_DAYS
+    # AES-256-GCM sealed (wastats.ingest.sealing), NULL once older than
+    # WASTATS_RAW_RETENTION_DAYS. `body_key` names the key that sealed it (migration 0007);
+    # NULL with a body: stored in clear by an older wastats, read as is.
+    Column("body", LargeBinary),
+    Column("body_key", String(16)),
     Column("source", String(16), nullable=False),  # webhook | import
     Column("received_at", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),  # pending | processed | rejected
