@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
-from wastats.api.problems import PROBLEM, problem
+from wastats.api.limits import run_stats
+from wastats.api.problems import PROBLEM, problem, problem_body
 from wastats.domain import reporting
+from wastats.domain.csvsafe import csv_line
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
@@ -119,7 +120,11 @@ def _problem_response(description: str) -> dict[str, Any]:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: _problem_response("missing, unknown or expired token"),
-    422: _problem_response("an invalid parameter (named in `errors`)"),
+    422: _problem_response(
+        "an invalid parameter (named in `errors`), or an answer over the row cap "
+        "(`WASTATS_MAX_STATS_ROWS`, in `max_rows`)"
+    ),
+    429: _problem_response("too many requests for this token; see `Retry-After`"),
 }
 
 # Documented in the schema but checked by the handler, so a bad value gets wastats' own
@@ -212,21 +217,40 @@ async def stats(
         return _invalid("format", "format must be json or csv")
     ctx = context_of(request)
     try:
-        result = await ctx.run(
-            _answer, ctx, account, from_, to, granularity, tz, numbers, group_by, unique
-        )
+        # In a statistics worker thread, encoding included (limits.py): the event loop, which
+        # acknowledges webhooks, never does the heavy part.
+        result, encoded = await run_stats(
+            ctx, _answer, ctx, account, from_, to, granularity, tz, numbers, group_by, unique,
+            wants_csv,
+        )  # fmt: skip
     except reporting.ParameterError as exc:
         return _invalid(exc.parameter, exc.message)
-    if wants_csv:
-        q = result.question
-        return StreamingResponse(
-            _csv_lines(result),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'
-            },
-        )
-    return JSONResponse(result.as_dict())
+    except reporting.AnswerTooLarge as exc:
+        return _too_large(exc)
+    if encoded is not None:
+        return Response(encoded, media_type="application/json")
+    q = result.question
+    return StreamingResponse(
+        _csv_lines(result),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'},
+    )
+
+
+def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
+    """422: each parameter is valid, but together they ask for more rows than one answer may
+    have. `max_rows` and `rows` are RFC 9457 extension members, for programs."""
+    body = problem_body(
+        422,
+        "Answer too large",
+        str(exc),
+        errors=[
+            {"parameter": p, "message": "narrow this to reduce the rows"}
+            for p in ("numbers", "from", "to", "granularity", "group_by")
+        ],
+    )
+    body.update(max_rows=exc.limit, rows=exc.rows)
+    return JSONResponse(body, status_code=422, media_type=PROBLEM)
 
 
 def _invalid(parameter: str, message: str) -> JSONResponse:
@@ -245,27 +269,33 @@ def _answer(
     numbers: list[str] | None,
     group_by: list[str] | None,
     unique: bool,
-) -> reporting.Answer:
+    wants_csv: bool,
+) -> tuple[reporting.Answer, bytes | None]:
+    """The answer, and its JSON unless CSV is wanted (streamed later, row by row). Refused
+    with AnswerTooLarge before reading any unit when the question can exceed the row cap."""
     now = ctx.now()
+    max_rows = ctx.settings.max_stats_rows
     with ctx.db.read() as conn:
         question = reporting.parse_question(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
             numbers=numbers, group_by=group_by, unique=unique, now=now,
         )  # fmt: skip
-        return reporting.answer(conn, account, question, now)
+        reporting.check_size(question, max_rows)
+        result = reporting.answer(conn, account, question, now, max_rows=max_rows)
+    return result, None if wants_csv else msgspec.json.encode(result.as_dict())
 
 
 def _csv_lines(result: reporting.Answer) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(reporting.csv_header(result.question))
-    for index, row in enumerate(reporting.csv_rows(result)):
-        writer.writerow(row)
-        if index % 500 == 499:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    """The CSV, written a row at a time and sent in chunks of 100 rows (each chunk is one trip
+    to the thread pool: one per row would cost more than the row). Every line comes from
+    `csv_line`, so no cell from a webhook runs as a spreadsheet formula."""
+    chunk = [csv_line(reporting.csv_header(result.question))]
+    for row in reporting.csv_rows(result):
+        chunk.append(csv_line(row))
+        if len(chunk) == 100:
+            yield "".join(chunk)
+            chunk.clear()
+    yield "".join(chunk)
 
 
 # --- GET /v1/numbers --------------------------------------------------------------------------

@@ -41,6 +41,20 @@ EARLIEST = date(1970, 1, 1)
 LATEST = date(9998, 12, 31)
 
 
+class AnswerTooLarge(InvalidInput):
+    """The answer would have more rows than the configured cap (WASTATS_MAX_STATS_ROWS)."""
+
+    def __init__(self, rows: int, limit: int, *, estimated: bool) -> None:
+        how = "can have up to" if estimated else "has more than"
+        super().__init__(
+            f"this question {how} {rows} rows; the limit is {limit}: ask for fewer numbers, a "
+            "shorter range, a coarser granularity (week or month) or fewer group_by dimensions, "
+            "and split the range into several requests if you need it all"
+        )
+        self.rows = rows
+        self.limit = limit
+
+
 class ParameterError(InvalidInput):
     """An invalid query parameter; `parameter` names it."""
 
@@ -179,6 +193,11 @@ def _parse_day(parameter: str, text: str, *, end_of_month: bool) -> date:
             return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         pass
+    except OverflowError:
+        # The end of month 9999-12 is past `date.max`: out of range, not a crash.
+        raise ParameterError(
+            parameter, f"{parameter} must be between 1970-01-01 and 9998-12-31"
+        ) from None
     raise ParameterError(parameter, f"{parameter} must be a month YYYY-MM or a day YYYY-MM-DD")
 
 
@@ -292,7 +311,26 @@ def _uses_rollups(q: Question, account: AccountRow) -> bool:
     )
 
 
-def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answer:
+def most_rows(q: Question) -> int:
+    """An upper bound of the answer's rows known before reading anything: every period, times
+    every chosen number when grouped by number. (Countries and categories multiply it by what
+    the data holds, which only the scan finds out: `answer` checks that part as it goes.)"""
+    periods = len(periods_of(q.first, q.last, q.granularity, q.zone))
+    return periods * (len(q.numbers) if "number" in q.group_by else 1)
+
+
+def check_size(q: Question, max_rows: int) -> None:
+    """Refuse, before any unit is read, a question whose answer can exceed `max_rows`."""
+    bound = most_rows(q)
+    if bound > max_rows:
+        raise AnswerTooLarge(bound, max_rows, estimated=True)
+
+
+def answer(
+    conn: Connection, account: AccountRow, q: Question, now: int, *, max_rows: int | None = None
+) -> Answer:
+    """The answer to `q`; with `max_rows`, AnswerTooLarge as soon as the grouping passes it, so
+    a question with many countries or categories stops early instead of growing in memory."""
     periods = periods_of(q.first, q.last, q.granularity, q.zone)
     numbers = {n.phone_number_id: n.whatsapp for n in q.numbers}
     result = Answer(
@@ -309,6 +347,8 @@ def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answ
     ) -> None:
         counts = grouped.get((index, key))
         if counts is None:
+            if max_rows is not None and len(grouped) >= max_rows:
+                raise AnswerTooLarge(max_rows, max_rows, estimated=False)
             counts = grouped[(index, key)] = Counts(customers={} if q.unique else None)
         counts.add(bucket, units, user)
         result.totals.add(bucket, units, user)
