@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -134,6 +134,9 @@ def test_a_date_past_the_calendar_is_an_invalid_parameter(client: TestClient, to
                      "format"]),
     HOSTILE, max_size=5,
 ))  # fmt: skip
+@example(params={"to": "9999-12"})
+@example(params={"from": "9999-12-31", "granularity": "week"})
+@example(params={"tz": "\x00", "numbers": "+" * 40})
 def test_v1_answers_any_parameters_with_a_result_or_a_problem(
     client: TestClient, token: str, params: dict[str, str]
 ) -> None:
@@ -157,6 +160,7 @@ def test_v1_answers_any_parameters_with_a_result_or_a_problem(
         st.integers(1, 20_000).map(lambda n: b'{"a":' * n),
     ),
 )
+@example(query={"start_date": "129999", "end_date": "009999"}, body=b"[" * 100_000)
 def test_partners_statistics_answer_any_input_in_band(
     client: TestClient, token: str, query: dict[str, str], body: object
 ) -> None:

@@ -47,6 +47,9 @@ def test_sigterm_with_a_client_holding_half_a_body_exits_within_the_grace(
     ).start()
     try:
         sock = _half_a_webhook(server.port)
+        # And one that never finishes its headers (no request reaches the app).
+        headers_only = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        headers_only.sendall(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-")
         # The server reads connections in the order their bytes arrive: once it has answered
         # a later request, the held one has reached the app and waits for the rest of its body.
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
@@ -66,6 +69,9 @@ def test_sigterm_with_a_client_holding_half_a_body_exits_within_the_grace(
         sock.settimeout(30)
         _read_until_closed(sock)
         sock.close()
+        headers_only.settimeout(30)
+        _read_until_closed(headers_only)
+        headers_only.close()
         assert time.monotonic() - sent < 30
     finally:
         server.stop()
