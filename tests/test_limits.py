@@ -104,6 +104,31 @@ def test_rows_multiplied_by_the_data_stop_at_the_cap(database_url: str) -> None:
         assert len(client.get(STATS, params=params, headers=headers).json()["rows"]) == 1
 
 
+def test_a_question_that_reads_too_many_units_is_refused_before_reading_them(
+    database_url: str,
+) -> None:
+    settings = make_settings(database_url, max_stats_units=1000)
+    tenant = create_tenant(settings, "Shop", "UTC")
+    pnid = add_number(settings, tenant, "15550783881")
+    t = at("2025-03-10 10:00")
+    seed(settings, pnid, [(t + i, "service", "IL") for i in range(1001)])
+    with TestClient(create_app(settings, clock=FakeClock())) as client:
+        headers = bearer(get_token(client, tenant))
+        params = {"from": "2025-03", "to": "2025-03", "granularity": "day"}
+        response = client.get(STATS, params=params, headers=headers)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert (problem["max_units"], problem["units"]) == (1000, 1001)
+        assert "reads about 1001 counted units; the limit is 1000" in problem["detail"]
+        # The monthly rollups answer the same range without reading a unit: no limit there.
+        del params["granularity"]
+        answer = client.get(STATS, params=params, headers=headers).json()
+        assert answer["totals"]["incoming"] == 1001
+        # A range without those units reads none of them.
+        params.update({"from": "2025-05", "to": "2025-05", "granularity": "day"})
+        assert client.get(STATS, params=params, headers=headers).status_code == 200
+
+
 # --- per-token rate and concurrency ---------------------------------------------------------
 
 

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Most rows one `/v1/stats` answer may have; a question that can have more "
         "is refused with a 422 problem saying how to narrow it.",
     )
+    max_stats_units: int = Field(
+        default=2_000_000,
+        ge=1000,
+        description="Most counted units one `/v1/stats` answer may read (questions the monthly "
+        "rollups cannot answer: days, weeks, other zones, countries, unique customers), "
+        "estimated from the rollups before reading; more is refused with a 422 problem.",
+    )
     api_rate_per_minute: int = Field(
         default=120,
         ge=1,

@@ -217,12 +217,14 @@ async def stats(
         return _invalid("format", "format must be json or csv")
     ctx = context_of(request)
     try:
-        # In a statistics worker thread, encoding included (limits.py): the event loop, which
-        # acknowledges webhooks, never does the heavy part.
-        result, encoded = await run_stats(
-            ctx, _answer, ctx, account, from_, to, granularity, tz, numbers, group_by, unique,
-            wants_csv,
-        )  # fmt: skip
+        # Checked first, in the ordinary thread pool: a bad or too costly question is refused
+        # at once, without queueing for a statistics worker.
+        question = await ctx.run(
+            _question, ctx, account, from_, to, granularity, tz, numbers, group_by, unique
+        )
+        # Then in a statistics worker thread, encoding included (limits.py): the event loop,
+        # which acknowledges webhooks, never does the heavy part.
+        result, encoded = await run_stats(ctx, _answer, ctx, account, question, wants_csv)
     except reporting.ParameterError as exc:
         return _invalid(exc.parameter, exc.message)
     except reporting.AnswerTooLarge as exc:
@@ -239,7 +241,8 @@ async def stats(
 
 def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
     """422: each parameter is valid, but together they ask for more rows than one answer may
-    have. `max_rows` and `rows` are RFC 9457 extension members, for programs."""
+    have or more units than one answer may read. `max_rows` and `rows` (or `max_units` and
+    `units`) are RFC 9457 extension members, for programs."""
     body = problem_body(
         422,
         "Answer too large",
@@ -249,7 +252,7 @@ def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
             for p in ("numbers", "from", "to", "granularity", "group_by")
         ],
     )
-    body.update(max_rows=exc.limit, rows=exc.rows)
+    body.update({f"max_{exc.what}": exc.limit, exc.what: exc.amount})
     return JSONResponse(body, status_code=422, media_type=PROBLEM)
 
 
@@ -259,7 +262,7 @@ def _invalid(parameter: str, message: str) -> JSONResponse:
     )
 
 
-def _answer(
+def _question(
     ctx: AppContext,
     account: AccountRow,
     from_: str | None,
@@ -269,19 +272,28 @@ def _answer(
     numbers: list[str] | None,
     group_by: list[str] | None,
     unique: bool,
-    wants_csv: bool,
-) -> tuple[reporting.Answer, bytes | None]:
-    """The answer, and its JSON unless CSV is wanted (streamed later, row by row). Refused
-    with AnswerTooLarge before reading any unit when the question can exceed the row cap."""
-    now = ctx.now()
-    max_rows = ctx.settings.max_stats_rows
+) -> reporting.Question:
+    """The validated question, refused with AnswerTooLarge when it can exceed the row cap or
+    would read more units than allowed (estimated from the rollups, before any unit is read)."""
+    s = ctx.settings
     with ctx.db.read() as conn:
         question = reporting.parse_question(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
-            numbers=numbers, group_by=group_by, unique=unique, now=now,
+            numbers=numbers, group_by=group_by, unique=unique, now=ctx.now(),
         )  # fmt: skip
-        reporting.check_size(question, max_rows)
-        result = reporting.answer(conn, account, question, now, max_rows=max_rows)
+        reporting.check_size(
+            conn, account, question, max_rows=s.max_stats_rows, max_units=s.max_stats_units
+        )
+    return question
+
+
+def _answer(
+    ctx: AppContext, account: AccountRow, question: reporting.Question, wants_csv: bool
+) -> tuple[reporting.Answer, bytes | None]:
+    """The answer, and its JSON unless CSV is wanted (streamed later, row by row)."""
+    max_rows = ctx.settings.max_stats_rows
+    with ctx.db.read() as conn:
+        result = reporting.answer(conn, account, question, ctx.now(), max_rows=max_rows)
     return result, None if wants_csv else msgspec.json.encode(result.as_dict())
 
 
