@@ -196,7 +196,8 @@ def bench(work: Path, units: int, seconds: float) -> dict[str, Any]:
         stop.set()
         for thread in [*threads, health_thread]:
             thread.join()
-        peak = _peak_rss_mb(_server_pid(process.pid))
+        # One worker: uvicorn runs the app in the process it started (taskset execs it).
+        peak = _peak_rss_mb(process.pid)
     finally:
         stop_server(process)
     return {
@@ -212,8 +213,3 @@ def bench(work: Path, units: int, seconds: float) -> dict[str, Any]:
         "heavy_answers": dict(sorted(statuses.items())),
         "server_peak_rss_mb": peak,
     }
-
-
-def _server_pid(pid: int) -> int:
-    """uvicorn with one worker runs the app in the process it started (no supervisor)."""
-    return pid

@@ -24,7 +24,7 @@ from wastats.settings import Settings
 from wastats.store import counts as counts_repo
 from wastats.store.db import Database
 from wastats.store.schema import counted_units
-from webhooks import at
+from webhooks import at, deliver, status
 
 STATS = "/v1/stats"
 NUMBERS = "/api/whatsapp/getWhatsApp"
@@ -268,3 +268,21 @@ def test_the_csv_download_neutralises_cells_from_webhooks(database_url: str) -> 
         del params["format"]
         answer = client.get(STATS, params=params, headers=headers).json()
         assert sorted(r["category"] for r in answer["rows"]) == sorted(hostile)
+
+
+def test_a_pricing_type_from_a_signed_webhook_reaches_the_csv_only_neutralised(
+    settings: Settings,
+) -> None:
+    """End to end: Meta's `pricing.type` is kept as sent (lower-cased) and grouped on."""
+    tenant = create_tenant(settings, "Shop", "UTC")
+    add_number(settings, tenant, "15550783881", "106540352242922")
+    metadata = {"display_phone_number": "1", "phone_number_id": "106540352242922"}
+    hostile = "=cmd|' /C calc'!A0"
+    sent = status("w1", "sent", at("2025-03-10 10:00"), pricing=("PMP", "marketing", hostile))
+    delivered = status("w1", "delivered", at("2025-03-10 10:00") + 2)
+    with TestClient(create_app(settings, clock=FakeClock(at("2025-03-20 10:00")))) as client:
+        deliver(client, {**sent, "metadata": metadata}, {**delivered, "metadata": metadata})
+        params = {"from": "2025-03", "to": "2025-03", "group_by": "category", "format": "csv"}
+        response = client.get(STATS, params=params, headers=bearer(get_token(client, tenant)))
+        (row,) = list(csv.DictReader(io.StringIO(response.text, newline="")))
+        assert row["pricing"] == "'" + hostile.lower()
