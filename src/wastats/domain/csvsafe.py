@@ -4,8 +4,9 @@ Strings that reach a CSV can come from webhooks, i.e. from anyone who can get Me
 (the pricing type is kept as sent, whatever it holds). Excel, LibreOffice and Google Sheets
 treat a cell that starts with `=`, `+`, `-` or `@` as a formula, and a leading tab or carriage
 return is stripped by some of them before that check, so a cell like
-`=HYPERLINK("http://evil", "click")` would run when a user opens the download. OWASP's advice, followed here: prefix such a cell with a
-single quote, which the spreadsheets show as text and do not evaluate.
+`=HYPERLINK("http://evil", "click")` would run when a user opens the download. OWASP's
+advice, followed here: prefix such a cell with a single quote, which the spreadsheets show as
+text and do not evaluate.
 
 Every CSV line wastats writes comes from `csv_line` (today: `/v1/stats?format=csv`, which the
 dashboard's download and `wastats stats --csv` also return byte for byte).
