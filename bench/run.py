@@ -14,6 +14,8 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
           a bare endpoint on the same stack; SQLite with one worker, PostgreSQL with two.
   stats   getConversationsStatistics and /v1/stats (monthly) for an account with 1,000 numbers
           and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
+  isolation  webhook acknowledgement p50/p99 idle and while four clients loop on the heaviest
+          statistics questions (200 numbers, a year of units); bench_isolation.py.
 """
 
 from __future__ import annotations
@@ -191,9 +193,15 @@ def run_stats(work: Path, quick: bool) -> dict[str, Any]:
     return results
 
 
+def run_isolation(work: Path, quick: bool) -> dict[str, Any]:
+    from bench_isolation import bench
+
+    return bench(work, 200_000 if quick else 1_000_000, 5 if quick else 15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
-    parser.add_argument("--only", choices=["import", "http", "stats"], default=None)
+    parser.add_argument("--only", choices=["import", "http", "stats", "isolation"], default=None)
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     args = parser.parse_args()
@@ -215,6 +223,10 @@ def main() -> None:
             print("stats: 1,000 numbers x 24 months ...", flush=True)
             results["stats"] = run_stats(work, args.quick)
             print(json.dumps(results["stats"], indent=2), flush=True)
+        if args.only in (None, "isolation"):
+            print("isolation: webhooks while heavy statistics run ...", flush=True)
+            results["isolation"] = run_isolation(work, args.quick)
+            print(json.dumps(results["isolation"], indent=2), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -21,6 +21,7 @@ from wastats.api import health, partners, v1
 from wastats.api.context import AppContext
 from wastats.api.dashboard import install_dashboard
 from wastats.api.docs import install_api_docs
+from wastats.api.limits import install_limits
 from wastats.api.middleware import BodyLimitMiddleware
 from wastats.api.observability import (
     count_database_error,
@@ -91,7 +92,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         BodyLimitMiddleware,
         default_limit=settings.max_body_bytes,
         limits={WEBHOOK_PATH: settings.max_webhook_body_bytes},
+        timeout_seconds=settings.body_timeout_seconds,
     )
+    # Per-token rate and concurrency (429), outside the body limit, inside observability.
+    install_limits(app, ctx)
     # Outside the body limit, so a refused 413 also gets a request id, a log line and metrics;
     # inside the proxy headers, so it logs the real client IP.
     install_observability(app, ctx)

@@ -152,6 +152,59 @@ class Settings(BaseSettings):
         "purged). Unset: the key is derived from the secret key.",
     )
 
+    # --- limits and timeouts (issue 11: bounded cost per request, slow clients) -------------
+    max_stats_rows: int = Field(
+        default=10000,
+        ge=10,
+        description="Most rows one `/v1/stats` answer may have; a question that can have more "
+        "is refused with a 422 problem saying how to narrow it.",
+    )
+    max_stats_units: int = Field(
+        default=2_000_000,
+        ge=1000,
+        description="Most counted units one `/v1/stats` answer may read (questions the monthly "
+        "rollups cannot answer: days, weeks, other zones, countries, unique customers), "
+        "estimated from the rollups before reading; more is refused with a 422 problem.",
+    )
+    api_rate_per_minute: int = Field(
+        default=120,
+        ge=1,
+        description="Requests per minute to the statistics APIs (`/v1`, `/api/whatsapp`) per "
+        "access token (per client IP without one), in each server process; more get HTTP 429 "
+        "with `Retry-After`.",
+    )
+    api_burst: int = Field(
+        default=30,
+        ge=1,
+        description="Requests one token may make at once before `WASTATS_API_RATE_PER_MINUTE` "
+        "applies (the size of its token bucket).",
+    )
+    api_concurrency: int = Field(
+        # The dashboard asks four things at once when it loads.
+        default=4,
+        ge=1,
+        description="Requests one access token may have in progress at once, per server process; "
+        "another one gets HTTP 429.",
+    )
+    stats_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Statistics queries computed at once per server process (others wait their "
+        "turn), so heavy questions never take every thread and core from webhooks.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Time a client has to send a whole request body once it started; a slower "
+        "one gets HTTP 408 and its connection is closed.",
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM, how long `wastats serve` waits for requests in progress before "
+        "closing their connections and exiting.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, value: str) -> str:

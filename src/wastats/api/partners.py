@@ -23,7 +23,9 @@ from wastats.store import numbers as numbers_repo
 
 router = APIRouter(prefix="/api", tags=["compatible partners API"])
 
-ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# HEAD and TRACE too: FastAPI does not answer HEAD for a GET route, and the contract says
+# "any method other than GET" is reason 13, not a 405.
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE")
 
 
 def _other_methods(path: str, expected: str) -> None:
@@ -69,7 +71,9 @@ async def json_object(request: Request) -> dict[str, Any] | None:
         return {}
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's stack (`[` x 100000) is a
+        # malformed body like any other, not a server error.
         return None
     return value if isinstance(value, dict) else None
 

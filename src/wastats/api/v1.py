@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
-from wastats.api.problems import PROBLEM, problem
+from wastats.api.limits import run_stats
+from wastats.api.problems import PROBLEM, problem, problem_body
 from wastats.domain import reporting
+from wastats.domain.csvsafe import csv_line
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
@@ -119,7 +120,11 @@ def _problem_response(description: str) -> dict[str, Any]:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: _problem_response("missing, unknown or expired token"),
-    422: _problem_response("an invalid parameter (named in `errors`)"),
+    422: _problem_response(
+        "an invalid parameter (named in `errors`), or an answer over the row cap "
+        "(`WASTATS_MAX_STATS_ROWS`, in `max_rows`)"
+    ),
+    429: _problem_response("too many requests for this token; see `Retry-After`"),
 }
 
 # Documented in the schema but checked by the handler, so a bad value gets wastats' own
@@ -212,21 +217,43 @@ async def stats(
         return _invalid("format", "format must be json or csv")
     ctx = context_of(request)
     try:
-        result = await ctx.run(
-            _answer, ctx, account, from_, to, granularity, tz, numbers, group_by, unique
+        # Checked first, in the ordinary thread pool: a bad or too costly question is refused
+        # at once, without queueing for a statistics worker.
+        question = await ctx.run(
+            _question, ctx, account, from_, to, granularity, tz, numbers, group_by, unique
         )
+        # Then in a statistics worker thread, encoding included (limits.py): the event loop,
+        # which acknowledges webhooks, never does the heavy part.
+        result, encoded = await run_stats(ctx, _answer, ctx, account, question, wants_csv)
     except reporting.ParameterError as exc:
         return _invalid(exc.parameter, exc.message)
-    if wants_csv:
-        q = result.question
-        return StreamingResponse(
-            _csv_lines(result),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'
-            },
-        )
-    return JSONResponse(result.as_dict())
+    except reporting.AnswerTooLarge as exc:
+        return _too_large(exc)
+    if encoded is not None:
+        return Response(encoded, media_type="application/json")
+    q = result.question
+    return StreamingResponse(
+        _csv_lines(result),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'},
+    )
+
+
+def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
+    """422: each parameter is valid, but together they ask for more rows than one answer may
+    have or more units than one answer may read. `max_rows` and `rows` (or `max_units` and
+    `units`) are RFC 9457 extension members, for programs."""
+    body = problem_body(
+        422,
+        "Answer too large",
+        str(exc),
+        errors=[
+            {"parameter": p, "message": "narrow this to reduce the rows"}
+            for p in ("numbers", "from", "to", "granularity", "group_by")
+        ],
+    )
+    body.update({f"max_{exc.what}": exc.limit, exc.what: exc.amount})
+    return JSONResponse(body, status_code=422, media_type=PROBLEM)
 
 
 def _invalid(parameter: str, message: str) -> JSONResponse:
@@ -235,7 +262,7 @@ def _invalid(parameter: str, message: str) -> JSONResponse:
     )
 
 
-def _answer(
+def _question(
     ctx: AppContext,
     account: AccountRow,
     from_: str | None,
@@ -245,27 +272,42 @@ def _answer(
     numbers: list[str] | None,
     group_by: list[str] | None,
     unique: bool,
-) -> reporting.Answer:
-    now = ctx.now()
+) -> reporting.Question:
+    """The validated question, refused with AnswerTooLarge when it can exceed the row cap or
+    would read more units than allowed (estimated from the rollups, before any unit is read)."""
+    s = ctx.settings
     with ctx.db.read() as conn:
         question = reporting.parse_question(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
-            numbers=numbers, group_by=group_by, unique=unique, now=now,
+            numbers=numbers, group_by=group_by, unique=unique, now=ctx.now(),
         )  # fmt: skip
-        return reporting.answer(conn, account, question, now)
+        reporting.check_size(
+            conn, account, question, max_rows=s.max_stats_rows, max_units=s.max_stats_units
+        )
+    return question
+
+
+def _answer(
+    ctx: AppContext, account: AccountRow, question: reporting.Question, wants_csv: bool
+) -> tuple[reporting.Answer, bytes | None]:
+    """The answer, and its JSON unless CSV is wanted (streamed later, row by row)."""
+    max_rows = ctx.settings.max_stats_rows
+    with ctx.db.read() as conn:
+        result = reporting.answer(conn, account, question, ctx.now(), max_rows=max_rows)
+    return result, None if wants_csv else msgspec.json.encode(result.as_dict())
 
 
 def _csv_lines(result: reporting.Answer) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(reporting.csv_header(result.question))
-    for index, row in enumerate(reporting.csv_rows(result)):
-        writer.writerow(row)
-        if index % 500 == 499:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    """The CSV, written a row at a time and sent in chunks of 100 rows (each chunk is one trip
+    to the thread pool: one per row would cost more than the row). Every line comes from
+    `csv_line`, so no cell from a webhook runs as a spreadsheet formula."""
+    chunk = [csv_line(reporting.csv_header(result.question))]
+    for row in reporting.csv_rows(result):
+        chunk.append(csv_line(row))
+        if len(chunk) == 100:
+            yield "".join(chunk)
+            chunk.clear()
+    yield "".join(chunk)
 
 
 # --- GET /v1/numbers --------------------------------------------------------------------------

@@ -88,6 +88,9 @@ def serve(
         # The app applies X-Forwarded-For itself, from WASTATS_FORWARDED_ALLOW_IPS.
         proxy_headers=False,
         server_header=False,
+        # Bounded: on SIGTERM, requests still in progress (a client holding half a body, a
+        # long CSV download) get this long, then their connections are closed and we exit.
+        timeout_graceful_shutdown=s.graceful_shutdown_seconds,
     )
 
 

@@ -42,6 +42,27 @@ EARLIEST = date(1970, 1, 1)
 LATEST = date(9998, 12, 31)
 
 
+class AnswerTooLarge(InvalidInput):
+    """The answer would cost more than a configured cap: rows (WASTATS_MAX_STATS_ROWS) or
+    counted units to read (WASTATS_MAX_STATS_UNITS). `what` names which, `amount` how much
+    (an upper bound, or where the grouping stopped), `limit` the cap."""
+
+    def __init__(self, what: str, amount: int, limit: int, *, estimated: bool) -> None:
+        if what == "rows":
+            how = "can have up to" if estimated else "has more than"
+            cost = f"this question {how} {amount} rows"
+        else:
+            cost = f"this question reads about {amount} counted units"
+        super().__init__(
+            f"{cost}; the limit is {limit}: ask for fewer numbers, a shorter range, a coarser "
+            "granularity (week or month) or fewer group_by dimensions, and split the range into "
+            "several requests if you need it all"
+        )
+        self.what = what
+        self.amount = amount
+        self.limit = limit
+
+
 class ParameterError(InvalidInput):
     """An invalid query parameter; `parameter` names it."""
 
@@ -180,6 +201,11 @@ def _parse_day(parameter: str, text: str, *, end_of_month: bool) -> date:
             return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
         pass
+    except OverflowError:
+        # The end of month 9999-12 is past `date.max`: out of range, not a crash.
+        raise ParameterError(
+            parameter, f"{parameter} must be between 1970-01-01 and 9998-12-31"
+        ) from None
     raise ParameterError(parameter, f"{parameter} must be a month YYYY-MM or a day YYYY-MM-DD")
 
 
@@ -293,7 +319,50 @@ def _uses_rollups(q: Question, account: AccountRow) -> bool:
     )
 
 
-def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answer:
+def most_rows(q: Question) -> int:
+    """An upper bound of the answer's rows known before reading anything: every period, times
+    every chosen number when grouped by number. (Countries and categories multiply it by what
+    the data holds, which only the scan finds out: `answer` checks that part as it goes.)"""
+    periods = len(periods_of(q.first, q.last, q.granularity, q.zone))
+    return periods * (len(q.numbers) if "number" in q.group_by else 1)
+
+
+def units_to_read(conn: Connection, account: AccountRow, q: Question) -> int:
+    """How many counted units answering `q` reads, from the monthly rollups (a few rows per
+    number and month, so cheap): 0 when the rollups answer it; else the units of the chosen
+    numbers over the months of the range, widened by a month on each side because the
+    question's zone may shift its edges across a month boundary of the account's zone."""
+    if not q.numbers or _uses_rollups(q, account):
+        return 0
+    first = q.first.year * 12 + q.first.month - 1 - 1
+    last = q.last.year * 12 + q.last.month - 1 + 1
+    rows = reporting_repo.monthly_rows(
+        conn,
+        [n.phone_number_id for n in q.numbers],
+        (first // 12) * 100 + first % 12 + 1,
+        (last // 12) * 100 + last % 12 + 1,
+    )
+    return sum(units for *_, units in rows)
+
+
+def check_size(
+    conn: Connection, account: AccountRow, q: Question, *, max_rows: int, max_units: int
+) -> None:
+    """Refuse, before any unit is read, a question whose answer can exceed `max_rows` or which
+    would read more than `max_units` counted units."""
+    bound = most_rows(q)
+    if bound > max_rows:
+        raise AnswerTooLarge("rows", bound, max_rows, estimated=True)
+    units = units_to_read(conn, account, q)
+    if units > max_units:
+        raise AnswerTooLarge("units", units, max_units, estimated=True)
+
+
+def answer(
+    conn: Connection, account: AccountRow, q: Question, now: int, *, max_rows: int | None = None
+) -> Answer:
+    """The answer to `q`; with `max_rows`, AnswerTooLarge as soon as the grouping passes it, so
+    a question with many countries or categories stops early instead of growing in memory."""
     periods = periods_of(q.first, q.last, q.granularity, q.zone)
     numbers = {n.phone_number_id: n.whatsapp for n in q.numbers}
     result = Answer(
@@ -310,6 +379,8 @@ def answer(conn: Connection, account: AccountRow, q: Question, now: int) -> Answ
     ) -> None:
         counts = grouped.get((index, key))
         if counts is None:
+            if max_rows is not None and len(grouped) >= max_rows:
+                raise AnswerTooLarge("rows", max_rows, max_rows, estimated=False)
             counts = grouped[(index, key)] = Counts(customers={} if q.unique else None)
         counts.add(bucket, units, user)
         result.totals.add(bucket, units, user)
