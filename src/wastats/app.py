@@ -32,6 +32,7 @@ from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
+from wastats.meta.sync import SyncRunner
 from wastats.settings import Settings, load_settings
 from wastats.store.db import Database
 from wastats.store.migrate import check_schema_current
@@ -56,9 +57,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         # Refuse to serve on an old schema rather than fail request by request.
         await ctx.run(check_schema_current, db)
         ingest.start()
+        # Meta's record syncs in its own thread: a slow Graph API never delays a webhook.
+        meta_sync = SyncRunner(db, settings, clock) if SyncRunner.wanted(settings) else None
+        if meta_sync is not None:
+            meta_sync.start()
         try:
             yield
         finally:
+            if meta_sync is not None:
+                await ctx.run(meta_sync.stop)
             await ctx.run(ingest.stop)
             db.dispose()
 
