@@ -34,6 +34,7 @@ app.command("stats")(stats.stats_command)
 app.add_typer(meta.app, name="meta")
 app.add_typer(meta.dev_app, name="dev")
 accounts.app.command("update")(meta.accounts_update)
+app.command("reconcile")(meta.reconcile_command)
 
 
 def _version(value: bool) -> None:

@@ -6,9 +6,9 @@ Create Date: 2026-12-02
 
 Why: spec/meta-record.md. `meta_reported` keeps Meta's `pricing_analytics` per half-hour UTC
 slot (so any whole- or half-hour zone re-buckets exactly), keyed by phone-number id like the
-facts, so rows of unregistered numbers are kept; `meta_sync_state` is what lets a sync resume after a crash and
-what `wastats meta status` shows. `accounts.history_from_meta` lets the compatible API answer
-months before the first observed day from reported data (off by default).
+facts, so rows of unregistered numbers are kept; `meta_sync_state` is what lets a sync resume
+after a crash and what `wastats meta status` shows. `accounts.history_from_meta` lets the
+compatible API answer months before the first observed day from reported data (off by default).
 
 (0007 is being added on another branch; whoever merges re-chains this onto it.)
 """
