@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from wastats.api.context import AppContext, context_of
 from wastats.api.problems import problem
-from wastats.api.v1 import current_account, unauthorized
-from wastats.domain import reconciliation
+from wastats.domain import history, reconciliation, reporting
 from wastats.domain.reporting import ParameterError
 from wastats.store.accounts import AccountRow
 
@@ -48,6 +47,8 @@ async def get_reconciliation(
         Query(description="json (default) or csv", json_schema_extra={"enum": ["json", "csv"]}),
     ] = None,
 ) -> Response:
+    from wastats.api.v1 import current_account, unauthorized  # v1 imports this module
+
     account = await current_account(request)
     if account is None:
         return unauthorized()
@@ -100,3 +101,9 @@ def _answer(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
             numbers=numbers, now=ctx.now(),
         )  # fmt: skip
+
+
+def stats_with_meta_record(ctx: AppContext, result: reporting.Answer) -> dict[str, object]:
+    """`/v1/stats`' JSON answer with Meta's record merged in (history, cost)."""
+    with ctx.db.read() as conn:
+        return history.merge_reported(conn, result.question, result.as_dict(), ctx.now())

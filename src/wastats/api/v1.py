@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
 from wastats.api.problems import PROBLEM, problem
+from wastats.api.reconciliation import stats_with_meta_record
 from wastats.domain import reporting
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
@@ -65,6 +66,16 @@ class CountsModel(BaseModel):
 
 
 class Row(CountsModel):
+    incoming: int | None = Field(  # type: ignore[assignment]
+        examples=[25], description="null for rows only Meta reported (it has no Incoming)"
+    )
+    source: str | None = Field(
+        default=None,
+        description="observed, reported or observed+reported (once a WABA is linked)",
+    )
+    cost: dict[str, Any] | None = Field(
+        default=None, description="Meta's cost or an estimate, labelled by `source`"
+    )
     period: str = Field(examples=["2025-01"])
     start: str = Field(examples=["2025-01-01T00:00:00+02:00"])
     end: str = Field(examples=["2025-02-01T00:00:00+02:00"])
@@ -226,7 +237,8 @@ async def stats(
                 "Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'
             },
         )
-    return JSONResponse(result.as_dict())
+    # Meta's record (history and cost), merged into the observed answer: docs/meta-record.md.
+    return JSONResponse(await ctx.run(stats_with_meta_record, ctx, result))
 
 
 def _invalid(parameter: str, message: str) -> JSONResponse:

@@ -35,6 +35,7 @@ app.add_typer(meta.app, name="meta")
 app.add_typer(meta.dev_app, name="dev")
 accounts.app.command("update")(meta.accounts_update)
 app.command("reconcile")(meta.reconcile_command)
+app.add_typer(meta.ratecard_app, name="ratecard")
 
 
 def _version(value: bool) -> None:

@@ -277,3 +277,37 @@ def reconcile_command(
             f"{d['matching_periods']}/{d['periods']}",
         )  # fmt: skip
     console.print(summary)
+
+
+ratecard_app = typer.Typer(help="The rate card behind cost estimates.")
+
+
+@ratecard_app.command("import")
+def ratecard_import(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Rate card CSV (see docs).")],
+) -> None:
+    """Replace the rate card used for estimates (the shipped one is an illustrative sample)."""
+    from wastats.domain import ratecard
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {file}: {exc}")
+    with database(write=True) as conn:
+        card = ratecard.parse(text)  # InvalidInput becomes one red line
+        repo.store_ratecard(conn, text)
+    console.print(
+        f"Rate card {card.version!r} imported: {len(card.rates)} rates; source: {card.source}; "
+        f"date: {card.date}.",
+        highlight=False,
+    )
+
+
+@ratecard_app.command("show")
+def ratecard_show() -> None:
+    """Print the rate card in use."""
+    from wastats.domain.history import current_card
+
+    with database(write=False) as conn:
+        card = current_card(conn)
+    typer.echo(card.text, nl=False)

@@ -15,6 +15,7 @@ from wastats.store.schema import (
     message_facts,
     meta_reported,
     meta_sync_state,
+    service_state,
 )
 from wastats.store.sql import chunks, insert_for
 
@@ -304,3 +305,57 @@ def history_from_meta(conn: Connection, account_id: int) -> bool:
 
 def set_history_from_meta(conn: Connection, account_id: int, on: bool) -> None:
     conn.execute(update(accounts).where(accounts.c.id == account_id).values(history_from_meta=on))
+
+
+# --- the rate card and first observations ---------------------------------------------------------
+
+RATECARD_KEY = "meta_ratecard"
+
+
+def stored_ratecard(conn: Connection) -> str | None:
+    """The operator's imported rate card (CSV text), if any."""
+    value = conn.execute(
+        select(service_state.c.value).where(service_state.c.key == RATECARD_KEY)
+    ).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
+def store_ratecard(conn: Connection, text: str) -> None:
+    stmt = insert_for(conn, service_state).values(key=RATECARD_KEY, value=text)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": text}))
+
+
+def first_observed(conn: Connection, phone_number_ids: Iterable[str]) -> dict[str, int]:
+    """The time of the first counted thing of each number (that has one)."""
+    m, i, u = message_facts.c, inbound_messages.c, counted_units.c
+    out: dict[str, int] = {}
+    for part in chunks(sorted(set(phone_number_ids))):
+        for column, number in ((m.unit_ts, m.phone_number_id), (i.ts, i.phone_number_id),
+                               (u.ts, u.phone_number_id)):  # fmt: skip
+            rows = conn.execute(
+                select(number, func.min(column)).where(number.in_(part)).group_by(number)
+            )
+            for pnid, ts in rows:
+                if ts is not None:
+                    out[pnid] = min(out.get(pnid, int(ts)), int(ts))
+    return out
+
+
+def message_units_with_country(
+    conn: Connection, phone_number_ids: Iterable[str], start: int, end: int
+) -> Iterator[tuple[str, int, str, str, str]]:
+    """(phone_number_id, ts, category, pricing_type, country) of PMP message units."""
+    m = message_facts.c
+    for part in chunks(sorted(set(phone_number_ids))):
+        rows = conn.execute(
+            select(
+                m.phone_number_id, m.unit_ts, m.unit_category, m.unit_pricing_type, m.unit_country
+            ).where(
+                m.phone_number_id.in_(part),
+                m.unit_ts >= start,
+                m.unit_ts < end,
+                m.unit_era == "PMP",
+            )
+        )
+        for number, ts, category, pricing, country in rows:
+            yield number, int(ts), category, pricing, country or ""
