@@ -357,11 +357,10 @@ def create_fake_graph(state: FakeGraph | None = None) -> Starlette:
     return app
 
 
-def demo_state(
-    *, token: str, wabas: int = 1, numbers: int = 3, per_day: int = 6, first_digits: int = 1555
-) -> FakeGraph:
+def demo_state(*, token: str, wabas: int = 1, numbers: int = 3, per_day: int = 6) -> FakeGraph:
     """A fake with `wabas` WABAs of `numbers` numbers each and generated data (walk-through,
-    benchmark). WABA ids are `1000..`, phone-number ids `2000..`, display numbers +1 555 ....."""
+    benchmark). WABA ids are 1000, 1001, ...; phone-number ids 200000, ...; numbers
+    +1 555-0000000, +1 555-0000001, ..."""
     state = FakeGraph(token=token)
     for w in range(wabas):
         waba = FakeWaba(waba_id=str(1000 + w), generated_per_day=per_day)
@@ -370,7 +369,7 @@ def demo_state(
             waba.numbers.append(
                 FakeNumber(
                     phone_number_id=str(200000 + k),
-                    display_phone_number=f"+1 {first_digits}-{k:07d}",
+                    display_phone_number=f"+1 555-0{k:06d}",
                     verified_name=f"Demo shop {w}-{n}",
                 )
             )
