@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from wastats import __version__
-from wastats.api import health, partners, reconciliation, v1
+from wastats.api import dashboard_meta, health, partners, reconciliation, v1
 from wastats.api.context import AppContext
 from wastats.api.dashboard import install_dashboard
 from wastats.api.middleware import BodyLimitMiddleware
@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.include_router(v1.router)
     app.include_router(reconciliation.router)  # Meta's record
     install_dashboard(app)
+    app.include_router(dashboard_meta.router)  # Meta's record page
     app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
     _install_error_handlers(app)
     app.add_middleware(
