@@ -315,3 +315,26 @@ def test_webhooks_are_answered_while_the_graph_api_hangs(database_url: str) -> N
             assert ingest.wait_idle(30)
             assert len(state.requests) == 1  # still the one hanging request
             state.unhang.set()
+
+
+def test_healthz_and_metrics_report_each_waba(db: Database, database_url: str) -> None:
+    state = _state(wabas=("500100",))
+    with db.write() as conn:
+        repo.ensure_state(conn, "500100", None, NOW)
+        repo.ensure_state(conn, "600000", None, NOW)  # unknown to the fake: fails
+    with fake_graph(state) as url, client_for(url) as client:
+        sync_all(db, client, now=lambda: NOW, interval=3600)
+    with TestClient(create_app(make_settings(database_url))) as http:
+        health = http.get("/healthz").json()
+        metrics = http.get("/metrics").text
+    by_waba = {w["waba_id"]: w for w in health["meta_sync"]}
+    assert by_waba["500100"]["last_success"] == "2026-12-02T12:00:00Z"
+    assert by_waba["500100"]["last_error"] is None
+    assert "unknown_waba" in by_waba["600000"]["last_error"]
+    assert by_waba["600000"]["next_try"] == "2026-12-02T13:00:00Z"
+    assert health["status"] == "ok"  # Meta's troubles never make the service unhealthy
+    assert f'wastats_meta_sync_last_success_timestamp_seconds{{waba="500100"}} {NOW:.1f}' in (
+        metrics.replace("1.7962128e+09", f"{NOW:.1f}")
+    )
+    assert 'wastats_meta_sync_consecutive_failures{waba="600000"} 1.0' in metrics
+    assert TOKEN not in metrics

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
+from wastats.meta import observe as meta_observe
 from wastats.store import inbox as inbox_repo
 
 router = APIRouter(tags=["operations"])
@@ -27,8 +28,10 @@ async def healthz(request: Request) -> JSONResponse:
 def _check(ctx: AppContext) -> dict[str, Any]:
     with ctx.db.read() as conn:
         states = inbox_repo.count_by_state(conn)
+        meta_sync = meta_observe.health(conn)
     running = ctx.ingest is not None and ctx.ingest.running
-    return {
+    extra: dict[str, Any] = {"meta_sync": meta_sync} if meta_sync else {}
+    return extra | {
         "status": "ok" if running else "degraded",
         "database": "ok",
         "ingest": "running" if running else "stopped",
