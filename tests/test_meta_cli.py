@@ -39,7 +39,7 @@ def _fake() -> FakeGraph:
 def test_link_registers_the_missing_numbers_and_syncs(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url)
     tenant = create_tenant(settings)
-    add_number(settings, tenant, "972501111111", "9001", waba_id="4242")
+    add_number(settings, tenant, "972501111111", "9001")  # registered without its WABA
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     state = _fake()
@@ -50,7 +50,7 @@ def test_link_registers_the_missing_numbers_and_syncs(database_url: str, tmp_pat
             "--token-file", str(token_file),
         )  # fmt: skip
         assert code == 0, out
-        assert "972501111111  9001  Blue Shop  already registered" in out
+        assert "972501111111  9001  Blue Shop  already registered (WABA id recorded)" in out
         assert "972502222222  9002  Blue Shop Support  registered" in out
         assert "16315550103  9003  Blue Shop US  registered" in out
         assert "WABA 4242: synced" in out
@@ -81,6 +81,7 @@ def test_link_registers_the_missing_numbers_and_syncs(database_url: str, tmp_pat
     assert st.last_error is not None
     assert set(numbers) == {"9001", "9002", "9003"}
     assert numbers["9002"].waba_id == "4242"
+    assert numbers["9001"].waba_id == "4242"
     assert numbers["9002"].display_name == "Blue Shop Support"
     assert reported > 0
 

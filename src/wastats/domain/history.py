@@ -99,12 +99,12 @@ def merge_reported(
     states = {s.waba_id: s for s in meta_repo.list_states(conn)}
     covered_to: dict[str, int] = {}
     synced = False
-    for n in numbers_repo.list_numbers(conn, None):
-        state = states.get(n.waba_id or "")
-        if n.phone_number_id in ids and state is not None:
+    for pnid, waba_id in meta_repo.wabas_of_numbers_by_id(conn, ids).items():
+        state = states.get(waba_id)
+        if state is not None:
             synced = True
             if state.covered_to is not None:
-                covered_to[n.phone_number_id] = state.covered_to
+                covered_to[pnid] = state.covered_to
     if not synced:
         return doc
     start, end = periods[0].start, periods[-1].end
@@ -143,11 +143,13 @@ def merge_reported(
             cost.has_meta = True
         else:
             _estimate(cost, card, r.country, r.category, r.pricing_type, r.tier, r.slot, r.volume)
-    # Observed messages in hours Meta has not reported (or we have not synced) yet.
-    for number, ts, category, pricing, country in meta_repo.message_units_with_country(
-        conn, ids, start, end
-    ):
-        if ts >= covered_to.get(number, start):
+    # Observed messages in hours Meta has not reported (or we have not synced) yet: read per
+    # number from where its sync stopped, so a synced year costs no scan of its units.
+    for pnid in ids:
+        since = max(start, covered_to.get(pnid, start))
+        for number, ts, category, pricing, country in meta_repo.message_units_with_country(
+            conn, [pnid], since, end
+        ):
             key = key_of(period_of(ts), number, country, category, pricing)
             _estimate(costs[key], card, country, category, pricing, "", ts, 1)
     _merge(doc, q, periods, reported, costs, now)

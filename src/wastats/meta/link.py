@@ -38,12 +38,15 @@ def link_waba(
         existing = numbers_repo.find_conflicting(
             conn, phone_number_id=n.phone_number_id, whatsapp=digits or "-"
         )
-        if existing is not None:
-            action = (
-                "already registered"
-                if existing.account_id == account.id
-                else "skipped: registered to another account"
-            )
+        if existing is not None and existing.account_id == account.id:
+            action = "already registered"
+            if existing.waba_id is None:
+                # Registered by hand without its WABA: record it, or the sync's data would
+                # never be matched to the number.
+                repo.set_waba_of_number(conn, existing.phone_number_id, waba_id)
+                action = "already registered (WABA id recorded)"
+        elif existing is not None:
+            action = "skipped: registered to another account"
         elif not digits:
             action = f"skipped: {n.display_phone_number!r} is not a phone number"
         else:

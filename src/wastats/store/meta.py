@@ -232,6 +232,32 @@ def wabas_of_numbers(conn: Connection) -> list[str]:
     return sorted(str(w) for (w,) in rows)
 
 
+def wabas_of_numbers_by_id(conn: Connection, phone_number_ids: Iterable[str]) -> dict[str, str]:
+    """The WABA id of each of these registered numbers (those that have one)."""
+    n = business_numbers.c
+    out: dict[str, str] = {}
+    for part in chunks(sorted(set(phone_number_ids))):
+        rows = conn.execute(
+            select(n.phone_number_id, n.waba_id).where(
+                n.phone_number_id.in_(part), n.waba_id.is_not(None)
+            )
+        )
+        out.update({pnid: str(waba) for pnid, waba in rows})
+    return out
+
+
+def set_waba_of_number(conn: Connection, phone_number_id: str, waba_id: str) -> None:
+    """Record the WABA of a number registered without one (found when its WABA is linked)."""
+    conn.execute(
+        update(business_numbers)
+        .where(
+            business_numbers.c.phone_number_id == phone_number_id,
+            business_numbers.c.waba_id.is_(None),
+        )
+        .values(waba_id=waba_id)
+    )
+
+
 def wabas_of_account(conn: Connection, account_id: int) -> list[str]:
     linked = conn.execute(
         select(meta_sync_state.c.waba_id).where(meta_sync_state.c.account_id == account_id)
