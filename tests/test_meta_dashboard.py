@@ -92,10 +92,20 @@ def test_reconciliation_page_in_a_real_browser(database_url: str, browser) -> No
         expect(rows).to_have_count(2)
         october, november = rows.nth(0), rows.nth(1)
         expect(october.locator("td")).to_have_text(
-            ["2026-10", DIGITS, "utility", "regular", "2", "2", "+0", "match"]
+            ["2026-10", DIGITS, "utility", "regular", "2", "2", "+0", "match", "0.01 (Meta's)"]
         )
         expect(november.locator("td")).to_have_text(
-            ["2026-11", DIGITS, "marketing", "regular", "4", "8", "-4", "collection gap"]
+            [
+                "2026-11",
+                DIGITS,
+                "marketing",
+                "regular",
+                "4",
+                "8",
+                "-4",
+                "collection gap",
+                "0.20 (Meta's)",
+            ]
         )
         # The gap is highlighted, the match is not.
         gap_bg = november.evaluate("e => getComputedStyle(e).backgroundColor")

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -147,6 +148,11 @@ def test_reconciliation_end_to_end(database_url: str) -> None:
     assert summary["matching_periods"] == 9
     assert 0 < summary["coverage"] < 1
     assert doc["last_sync"] == "2026-12-02T12:00:00Z"
+    # Each row says what Meta's reported volume cost (the fake reports 0.01 a message).
+    assert all(
+        r["cost"]["source"] == "meta" and r["cost"]["amount"] == pytest.approx(r["reported"] * 0.01)
+        for r in doc["rows"]
+    )
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert len(rows) == len(doc["rows"])
     assert rows[0]["verdict"] == doc["rows"][0]["verdict"]

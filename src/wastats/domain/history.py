@@ -31,6 +31,7 @@ from wastats.domain.stats import MonthCounts
 from wastats.store import meta as meta_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
+from wastats.store.meta import ReportedRow
 from wastats.store.numbers import NumberRow
 
 MARKETING = frozenset({"marketing", "marketing_lite", "group_marketing"})
@@ -49,12 +50,20 @@ def bucket_of(category: str, pricing_type: str) -> str:
 
 
 @dataclass
-class _Cost:
+class Cost:
     meta_micros: int = 0
     has_meta: bool = False
     estimate: float = 0.0
     has_estimate: bool = False
     currency: str | None = None
+
+    def add_reported(self, card: ratecards.RateCard, r: ReportedRow) -> None:
+        """Meta's cost of a reported row, or an estimate where Meta gave none."""
+        if r.cost_micros is not None:
+            self.meta_micros += r.cost_micros
+            self.has_meta = True
+        else:
+            _estimate(self, card, r.country, r.category, r.pricing_type, r.tier, r.slot, r.volume)
 
     def as_dict(self) -> dict[str, object] | None:
         if not (self.has_meta or self.has_estimate):
@@ -128,7 +137,7 @@ def merge_reported(
         return (periods[i].label, *[str(values[g]) for g in q.group_by])
 
     reported: dict[tuple[str, ...], _Reported] = defaultdict(_Reported)
-    costs: dict[tuple[str, ...], _Cost] = defaultdict(_Cost)
+    costs: dict[tuple[str, ...], Cost] = defaultdict(Cost)
     for r in meta_repo.reported_between(conn, ids, start, end):
         i = period_of(r.slot)
         key = key_of(i, r.phone_number_id, r.country, r.category, r.pricing_type)
@@ -137,12 +146,7 @@ def merge_reported(
             rep = reported[key]
             setattr(rep, bucket, getattr(rep, bucket) + r.volume)
             rep.numbers.add(r.phone_number_id)
-        cost = costs[key]
-        if r.cost_micros is not None:
-            cost.meta_micros += r.cost_micros
-            cost.has_meta = True
-        else:
-            _estimate(cost, card, r.country, r.category, r.pricing_type, r.tier, r.slot, r.volume)
+        costs[key].add_reported(card, r)
     # Observed messages in hours Meta has not reported (or we have not synced) yet: read per
     # number from where its sync stopped, so a synced year costs no scan of its units.
     for pnid in ids:
@@ -157,7 +161,7 @@ def merge_reported(
 
 
 def _estimate(
-    cost: _Cost,
+    cost: Cost,
     card: ratecards.RateCard,
     country: str,
     category: str,
@@ -192,7 +196,7 @@ def _merge(
     q: Question,
     periods: list[Period],
     reported: dict[tuple[str, ...], _Reported],
-    costs: dict[tuple[str, ...], _Cost],
+    costs: dict[tuple[str, ...], Cost],
     now: int,
 ) -> None:
     rows = doc["rows"]

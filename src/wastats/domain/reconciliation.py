@@ -17,6 +17,7 @@ counted from webhooks (observed Rule P units: delivered messages) against Meta's
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
-from wastats.domain import reporting
+from wastats.domain import history, reporting
 from wastats.domain.reporting import ParameterError, Period
 from wastats.store import meta as meta_repo
 from wastats.store import numbers as numbers_repo
@@ -212,6 +213,11 @@ class Answer:
     result: Reconciliation
     as_of: int
     last_sync: int | None
+    costs: dict[tuple[str, str, str, str], dict[str, object] | None] = field(default_factory=dict)
+    """Cost of the reported volume per (period, number, category, pricing type)."""
+
+    def cost_of(self, r: Row) -> dict[str, object] | None:
+        return self.costs.get((r.period.label, r.number, r.category, r.pricing_type))
 
     def as_dict(self) -> dict[str, object]:
         def iso(ts: int | None) -> str | None:
@@ -230,7 +236,7 @@ class Answer:
             "as_of": iso(self.as_of),
             "last_sync": iso(self.last_sync),
             "approximate": self.result.approximate,
-            "rows": [row_dict(r) for r in self.result.rows],
+            "rows": [row_dict(r) | {"cost": self.cost_of(r)} for r in self.result.rows],
             "summary": {"numbers": [s.as_dict() for s in self.result.numbers], "account": account},
         }
 
@@ -289,17 +295,26 @@ def answer(
             coverage[n.phone_number_id] = Coverage(state.covered_from, state.covered_to)
         if state.last_success is not None:
             last_sync = max(last_sync or 0, state.last_success)
+    reported = list(meta_repo.reported_between(conn, ids, start, end))
     result = reconcile(
         periods,
         [(n.phone_number_id, n.whatsapp) for n in q.numbers],
         meta_repo.message_units_between(conn, ids, start, end),
-        (
-            (r.phone_number_id, r.slot, r.category, r.pricing_type, r.volume)
-            for r in meta_repo.reported_between(conn, ids, start, end)
-        ),
+        ((r.phone_number_id, r.slot, r.category, r.pricing_type, r.volume) for r in reported),
         # One slot either side, so a stretch at a period's edge sees its neighbours' webhooks.
         meta_repo.event_times_between(conn, ids, start - SLOT, end + SLOT),
         coverage,
         now,
     )
-    return Answer(q, result, now, last_sync)
+    # What the reported rows cost: Meta's figure, or an estimate from the rate card.
+    card = history.current_card(conn)
+    starts = [p.start for p in periods]
+    whatsapp = {n.phone_number_id: n.whatsapp for n in q.numbers}
+    costs: dict[tuple[str, str, str, str], history.Cost] = {}
+    for r in reported:
+        period = periods[bisect.bisect_right(starts, r.slot) - 1]
+        cost = costs.setdefault(
+            (period.label, whatsapp[r.phone_number_id], r.category, r.pricing_type), history.Cost()
+        )
+        cost.add_reported(card, r)
+    return Answer(q, result, now, last_sync, {k: c.as_dict() for k, c in costs.items()})
