@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
@@ -259,8 +259,11 @@ def reconcile_command(
            if result.result.approximate else ""),
         highlight=False,
     )  # fmt: skip
-    table = Table("period", "number", "category", "pricing", "observed", "reported", "diff",
-                  "verdict")  # fmt: skip
+    # The columns a reader scans by never wrap; category and pricing give way on narrow screens.
+    table = Table(
+        Column("period", no_wrap=True), Column("number", no_wrap=True), "category", "pricing",
+        "observed", "reported", "diff", Column("verdict", no_wrap=True),
+    )  # fmt: skip
     for row in result.result.rows:
         style = _VERDICT_STYLE.get(row.verdict, "")
         table.add_row(
