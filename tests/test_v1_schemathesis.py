@@ -54,7 +54,7 @@ def test_v1_never_fails_on_generated_requests(authorized_app: tuple[FastAPI, str
         path_regex="^/v1/"
     )
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/v1/stats", "/v1/numbers"}
+    assert {op.path for op in operations} == {"/v1/stats", "/v1/numbers", "/v1/reconciliation"}
     for operation in operations:
 
         @given(case=operation.as_strategy())

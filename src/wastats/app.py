@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from wastats import __version__
-from wastats.api import health, partners, v1
+from wastats.api import dashboard_meta, health, partners, reconciliation, v1
 from wastats.api.context import AppContext
 from wastats.api.dashboard import install_dashboard
 from wastats.api.docs import install_api_docs
@@ -34,6 +34,7 @@ from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
+from wastats.meta.sync import SyncRunner
 from wastats.sealing import load_body_sealer
 from wastats.settings import Settings, load_settings
 from wastats.store.db import Database
@@ -62,9 +63,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         for problem_ in health.configuration_problems(ctx):
             log.warning("configuration: %s", problem_)
         ingest.start()
+        # Meta's record syncs in its own thread: a slow Graph API never delays a webhook.
+        meta_sync = SyncRunner(db, settings, clock) if SyncRunner.wanted(settings) else None
+        if meta_sync is not None:
+            meta_sync.start()
         try:
             yield
         finally:
+            if meta_sync is not None:
+                await ctx.run(meta_sync.stop)
             await ctx.run(ingest.stop)
             db.dispose()
 
@@ -83,9 +90,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.include_router(health.router)
     app.include_router(partners.router)
     app.include_router(v1.router)
+    app.include_router(reconciliation.router)  # Meta's record
     install_dashboard(app)
     if app.openapi_url is not None:
         install_api_docs(app)
+    app.include_router(dashboard_meta.router)  # Meta's record page
     app.add_route(WEBHOOK_PATH, whatsapp_webhook, methods=["GET", "POST"], include_in_schema=False)
     _install_error_handlers(app)
     app.add_middleware(

@@ -205,6 +205,28 @@ class Settings(BaseSettings):
         "closing their connections and exiting.",
     )
 
+    # --- Meta's record (spec/meta-record.md, docs/meta-record.md) ---
+    meta_access_token: SecretStr | None = Field(
+        default=None,
+        description="Meta access token (a system user's) with `whatsapp_business_management`, "
+        "for `pricing_analytics` and phone-number lists. Without it nothing is synced. Never "
+        "logged or shown.",
+    )
+    meta_graph_url: str = Field(
+        default="https://graph.facebook.com",
+        description="Base URL of the Graph API (tests and the walk-through point it at "
+        "`wastats dev fake-graph`).",
+    )
+    meta_graph_version: str = Field(
+        default="v24.0", pattern=r"^v[0-9]+\.[0-9]+$", description="Graph API version."
+    )
+    meta_sync_interval: int = Field(
+        default=3600,
+        ge=0,
+        description="Seconds between the service's syncs of Meta's record (each re-reads the "
+        "last 3 days); 0 turns the background sync off. Off anyway without an access token.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, value: str) -> str:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
+from wastats.meta import observe as meta_observe
 from wastats.store import inbox as inbox_repo
 
 router = APIRouter(tags=["operations"])
@@ -39,9 +40,10 @@ def configuration_problems(ctx: AppContext) -> list[str]:
 def _check(ctx: AppContext) -> dict[str, Any]:
     with ctx.db.read() as conn:
         states = inbox_repo.count_by_state(conn)
+        meta_sync = meta_observe.health(conn)
     running = ctx.ingest is not None and ctx.ingest.running
     problems = configuration_problems(ctx)
-    return {
+    body: dict[str, Any] = {
         "status": "ok" if running and not problems else "degraded",
         "problems": problems,
         "database": "ok",
@@ -52,3 +54,6 @@ def _check(ctx: AppContext) -> dict[str, Any]:
             "processed": states.get(inbox_repo.PROCESSED, 0),
         },
     }
+    if meta_sync:  # once any WABA is linked (docs/meta-record.md)
+        body["meta_sync"] = meta_sync
+    return body

@@ -42,6 +42,7 @@ from wastats.api.context import AppContext, context_of
 from wastats.api.middleware import BodyTooLarge
 from wastats.api.problems import problem
 from wastats.logs import accept_request_id, bound_request_id, configure_logging
+from wastats.meta.observe import MetaSyncCollector
 from wastats.store import inbox as inbox_repo
 from wastats.store.schema import inbox
 
@@ -98,6 +99,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_IngestCollector(ctx))
+        self.registry.register(MetaSyncCollector(ctx))  # per-WABA sync state (Meta's record)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from wastats.api.context import AppContext, client_ip, context_of
 from wastats.counting.calendar import mmyyyy, parse_mmyyyy
-from wastats.domain import auth, stats
+from wastats.domain import auth, history, stats
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import numbers as numbers_repo
 
@@ -245,6 +245,8 @@ def _statistics(ctx: AppContext, token: str, query: _Query | JSONResponse) -> JS
         months = stats.monthly_statistics(
             conn, account, number=number, first_month=first, last_month=last
         )
+        # Off unless the account asked for it (docs/meta-record.md, "History").
+        months = history.with_history_from_meta(conn, account, number, months, first, last)
         total_numbers = 1 if number else numbers_repo.count_numbers(conn, account.id)
     return JSONResponse(
         {

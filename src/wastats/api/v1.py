@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
 from wastats.api.limits import run_stats
 from wastats.api.problems import PROBLEM, problem, problem_body
-from wastats.domain import reporting
+from wastats.domain import history, reporting
 from wastats.domain.csvsafe import csv_line
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
@@ -66,6 +66,16 @@ class CountsModel(BaseModel):
 
 
 class Row(CountsModel):
+    incoming: int | None = Field(  # type: ignore[assignment]
+        examples=[25], description="null for rows only Meta reported (it has no Incoming)"
+    )
+    source: str | None = Field(
+        default=None,
+        description="observed, reported or observed+reported (once a WABA is linked)",
+    )
+    cost: dict[str, Any] | None = Field(
+        default=None, description="Meta's cost or an estimate, labelled by `source`"
+    )
     period: str = Field(examples=["2025-01"])
     start: str = Field(examples=["2025-01-01T00:00:00+02:00"])
     end: str = Field(examples=["2025-02-01T00:00:00+02:00"])
@@ -294,7 +304,11 @@ def _answer(
     max_rows = ctx.settings.max_stats_rows
     with ctx.db.read() as conn:
         result = reporting.answer(conn, account, question, ctx.now(), max_rows=max_rows)
-    return result, None if wants_csv else msgspec.json.encode(result.as_dict())
+        if wants_csv:
+            return result, None
+        # Meta's record (history and cost), merged into the observed answer: docs/meta-record.md.
+        body = history.merge_reported(conn, question, result.as_dict(), ctx.now())
+    return result, msgspec.json.encode(body)
 
 
 def _csv_lines(result: reporting.Answer) -> Iterator[str]:

@@ -9,7 +9,7 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
-from wastats.cli import accounts, db, ingest, numbers, security, stats
+from wastats.cli import accounts, db, ingest, meta, numbers, security, stats
 from wastats.cli.common import console, fail, settings
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
 from wastats.logs import configure_logging
@@ -32,6 +32,12 @@ app.command("recount")(ingest.recount_command)
 app.command("stats")(stats.stats_command)
 app.add_typer(security.lockout_app, name="lockout")
 ingest.events_app.command("purge")(security.purge_command)
+# Meta's record (docs/meta-record.md)
+app.add_typer(meta.app, name="meta")
+app.add_typer(meta.dev_app, name="dev")
+accounts.app.command("update")(meta.accounts_update)
+app.command("reconcile")(meta.reconcile_command)
+app.add_typer(meta.ratecard_app, name="ratecard")
 
 
 def _version(value: bool) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 
@@ -56,6 +57,9 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Months before a number's first observed day answered from Meta's record in the compatible
+    # API (spec/meta-record.md, "History"); off unless the operator turns it on.
+    Column("history_from_meta", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 access_tokens = Table(
@@ -275,4 +279,49 @@ service_state = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# --- Meta's record (spec/meta-record.md) ------------------------------------------------------
+
+meta_reported = Table(
+    "meta_reported",
+    metadata,
+    # Meta's `pricing_analytics` data points at HALF_HOUR granularity, as reported. Meta names
+    # the number by its digits; the sync maps them to the phone-number id through the WABA's
+    # phone-number list, so, like facts, rows of numbers nobody has registered are kept and
+    # appear once the number is registered (spec, "Sync"), and the key leads with the number.
+    Column("phone_number_id", String(64), nullable=False),
+    Column("slot", BigInteger, nullable=False),  # UTC start of the half hour
+    Column("country", String(2), nullable=False),  # "" when Meta gave none
+    Column("category", String(48), nullable=False),  # lower case, as in /v1/stats
+    Column("pricing_type", String(48), nullable=False),
+    Column("tier", String(32), nullable=False),  # "" for free messages (Meta omits it)
+    Column("waba_id", String(64), nullable=False),
+    Column("volume", BigInteger, nullable=False),
+    # Meta's `cost` in millionths of the WABA's currency (exact, unlike a float); NULL where Meta
+    # returned none (WABAs on a partner's credit line).
+    Column("cost_micros", BigInteger),
+    Column("synced_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("phone_number_id", "slot", "country", "category", "pricing_type", "tier"),
+)
+
+meta_sync_state = Table(
+    "meta_sync_state",
+    metadata,
+    Column("waba_id", String(64), primary_key=True),
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="SET NULL")),
+    Column("linked_at", BigInteger, nullable=False),
+    # [covered_from, covered_to): every chunk of this span has been stored completely. A sync
+    # extends it chunk by chunk, each chunk in its own transaction, so a killed sync resumes
+    # from `covered_to` and nothing half-read is ever inside the span.
+    Column("covered_from", BigInteger),
+    Column("covered_to", BigInteger),
+    Column("last_success", BigInteger),  # end of the last sync that ran to the end
+    Column("last_error", Text),
+    Column("last_error_at", BigInteger),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("next_try", BigInteger, nullable=False, default=0),
+    # A sync in progress holds the WABA until `lease_until`: two processes (service workers, a
+    # CLI `wastats meta sync`) never sync the same WABA at once.
+    Column("lease_until", BigInteger, nullable=False, default=0),
 )
