@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
-from wastats.store import inbox as inbox_repo
+from wastats.domain import inbox
 
 router = APIRouter(tags=["operations"])
 
@@ -26,15 +26,15 @@ async def healthz(request: Request) -> JSONResponse:
 
 def _check(ctx: AppContext) -> dict[str, Any]:
     with ctx.db.read() as conn:
-        states = inbox_repo.count_by_state(conn)
+        states = inbox.states(conn)
     running = ctx.ingest is not None and ctx.ingest.running
     return {
         "status": "ok" if running else "degraded",
         "database": "ok",
         "ingest": "running" if running else "stopped",
         "inbox": {
-            "pending": states.get(inbox_repo.PENDING, 0),
-            "rejected": states.get(inbox_repo.REJECTED, 0),
-            "processed": states.get(inbox_repo.PROCESSED, 0),
+            "pending": states.pending,
+            "rejected": states.rejected,
+            "processed": states.processed,
         },
     }

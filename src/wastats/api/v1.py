@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
-from wastats.api.problems import PROBLEM, problem
-from wastats.domain import reporting
-from wastats.store import numbers as numbers_repo
+from wastats.api.problems import PROBLEM, answer_response, problem
+from wastats.domain import answers, reporting
+from wastats.domain.stats import account_numbers
 from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/v1", tags=["statistics (v1)"])
@@ -45,75 +41,13 @@ async def current_account(request: Request) -> AccountRow | None:
     return await ctx.run(ctx.authenticate, token)
 
 
-# --- schemas (for the OpenAPI document) -------------------------------------------------------
-
-
-class UniqueCustomers(BaseModel):
-    marketing: int
-    service: int
-    incoming: int
-    total: int
-
-
-class CountsModel(BaseModel):
-    marketing: int = Field(examples=[10])
-    service: int = Field(examples=[1])
-    incoming: int = Field(examples=[25])
-    total: int = Field(description="marketing + service + incoming", examples=[36])
-    uncounted: int = Field(description="units in none of the three buckets", examples=[4])
-    unique_customers: UniqueCustomers | None = Field(default=None, description="with unique=true")
-
-
-class Row(CountsModel):
-    period: str = Field(examples=["2025-01"])
-    start: str = Field(examples=["2025-01-01T00:00:00+02:00"])
-    end: str = Field(examples=["2025-02-01T00:00:00+02:00"])
-    final: bool = Field(description="the period ended at least 48 hours ago")
-    number: str | None = Field(default=None, description="with group_by=number")
-    country: str | None = Field(default=None, description="with group_by=country")
-    category: str | None = Field(default=None, description="with group_by=category")
-    pricing: str | None = Field(default=None, description="with group_by=category")
-
-
-class StatsAnswer(BaseModel):
-    tz: str = Field(examples=["Asia/Jerusalem"])
-    from_: str = Field(alias="from", examples=["2025-01-01"])
-    to: str = Field(examples=["2025-02-28"])
-    granularity: str = Field(examples=["month"])
-    group_by: list[str] = Field(examples=[["number"]])
-    numbers: list[str] = Field(examples=[["972501234567"]])
-    as_of: str | None = Field(examples=["2025-02-28T21:59:58Z"])
-    rules_version: int = Field(examples=[1])
-    totals: CountsModel
-    rows: list[Row]
-
-
-class ProblemModel(BaseModel):
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] | None = None
-
-
-class NumberModel(BaseModel):
-    whatsapp: str
-    phone_number_id: str
-    waba_id: str | None
-    display_name: str | None
-    business_name: str | None
-    coexistence: bool
-    created_at: int
-
-
-class NumbersAnswer(BaseModel):
-    numbers: list[NumberModel]
+# --- documented answers (the models are wastats.domain.answers) ---------------------------------
 
 
 def _problem_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {PROBLEM: {"schema": ProblemModel.model_json_schema()}},
+        "content": {PROBLEM: {"schema": answers.Problem.model_json_schema()}},
     }
 
 
@@ -132,7 +66,7 @@ _DATE = {"pattern": r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$"}
 
 @router.get(
     "/stats",
-    response_model=StatsAnswer,
+    response_model=answers.Stats,
     responses={
         **_ERRORS,
         200: {"content": {"text/csv": {"example": "period,start,end,final,marketing,...\n"}}},
@@ -218,15 +152,8 @@ async def stats(
     except reporting.ParameterError as exc:
         return _invalid(exc.parameter, exc.message)
     if wants_csv:
-        q = result.question
-        return StreamingResponse(
-            _csv_lines(result),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'
-            },
-        )
-    return JSONResponse(result.as_dict())
+        return _csv_response(result)
+    return answer_response(result)
 
 
 def _invalid(parameter: str, message: str) -> JSONResponse:
@@ -245,34 +172,35 @@ def _answer(
     numbers: list[str] | None,
     group_by: list[str] | None,
     unique: bool,
-) -> reporting.Answer:
+) -> answers.Stats:
     now = ctx.now()
     with ctx.db.read() as conn:
         question = reporting.parse_question(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
             numbers=numbers, group_by=group_by, unique=unique, now=now,
         )  # fmt: skip
-        return reporting.answer(conn, account, question, now)
+        return reporting.answer(conn, account, question, now).model()
 
 
-def _csv_lines(result: reporting.Answer) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(reporting.csv_header(result.question))
-    for index, row in enumerate(reporting.csv_rows(result)):
-        writer.writerow(row)
-        if index % 500 == 499:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+def _csv_response(result: answers.Stats) -> StreamingResponse:
+    """The answer as a CSV download; the text is `answers.csv_lines`, which `wastats stats
+    --csv` prints too."""
+    return StreamingResponse(
+        answers.csv_lines(result),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="wastats-{result.from_}-{result.to}.csv"'
+            )
+        },
+    )
 
 
 # --- GET /v1/numbers --------------------------------------------------------------------------
 
 
 @router.get(
-    "/numbers", response_model=NumbersAnswer, responses={401: _ERRORS[401]},
+    "/numbers", response_model=answers.Numbers, responses={401: _ERRORS[401]},
     summary="The account's business numbers",
 )  # fmt: skip
 async def list_numbers(request: Request) -> Response:
@@ -280,22 +208,23 @@ async def list_numbers(request: Request) -> Response:
     if account is None:
         return unauthorized()
     ctx = context_of(request)
-    rows = await ctx.run(_numbers, ctx, account)
-    return JSONResponse({"numbers": rows})
+    return answer_response(await ctx.run(_numbers, ctx, account))
 
 
-def _numbers(ctx: AppContext, account: AccountRow) -> list[dict[str, Any]]:
+def _numbers(ctx: AppContext, account: AccountRow) -> answers.Numbers:
     with ctx.db.read() as conn:
-        rows = numbers_repo.list_numbers(conn, account.id)
-    return [
-        {
-            "whatsapp": n.whatsapp,
-            "phone_number_id": n.phone_number_id,
-            "waba_id": n.waba_id,
-            "display_name": n.display_name,
-            "business_name": n.business_name,
-            "coexistence": n.coexistence,
-            "created_at": n.created_at,
-        }
-        for n in rows
-    ]
+        rows = account_numbers(conn, account)
+    return answers.Numbers(
+        numbers=tuple(
+            answers.Number(
+                whatsapp=n.whatsapp,
+                phone_number_id=n.phone_number_id,
+                waba_id=n.waba_id,
+                display_name=n.display_name,
+                business_name=n.business_name,
+                coexistence=n.coexistence,
+                created_at=n.created_at,
+            )
+            for n in rows
+        )
+    )

@@ -208,3 +208,14 @@ def purge_bodies(conn: Connection, received_before: int) -> int:
         .values(body=None)
     )
     return int(result.rowcount)
+
+
+def oldest_pending_received_at(conn: Connection) -> int | None:
+    """`received_at` of the first pending body, by id (arrival order): the ingest lag.
+
+    The same access path as the ingestion sweep (`pending_ids`): the `state` index in id
+    order, one row read, however many bodies are waiting."""
+    row = conn.execute(
+        select(inbox.c.received_at).where(inbox.c.state == PENDING).order_by(inbox.c.id).limit(1)
+    ).first()
+    return None if row is None else int(row[0])
