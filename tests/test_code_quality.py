@@ -1,4 +1,5 @@
-"""The code standards as tests, so CI holds them: `mypy --strict`, `ruff check`, `ruff format`.
+"""The code standards as tests, so CI holds them: `mypy --strict`, `ruff check`, `ruff format`,
+and the layers (`lint-imports`, the contracts in pyproject.toml's `[tool.importlinter]`).
 
 They run the tools the test extras install, from this interpreter's environment, on the whole
 checkout; each failure prints the tool's own report."""
@@ -20,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
         pytest.param([sys.executable, "-m", "mypy"], id="mypy-strict"),
         pytest.param([sys.executable, "-m", "ruff", "check", "."], id="ruff-check"),
         pytest.param([sys.executable, "-m", "ruff", "format", "--check", "."], id="ruff-format"),
+        pytest.param(
+            [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"], id="import-layers"
+        ),
     ],
 )
 def test_tool_is_clean(command: list[str]) -> None:

@@ -230,7 +230,22 @@ def parse_question(
         zone = load_zone(tz) if tz else load_zone(account.timezone)
     except InvalidInput as exc:
         raise ParameterError("tz", str(exc)) from None
-    today = datetime.fromtimestamp(now, zone).date()
+    first, last = _parse_range(from_, to, grain, datetime.fromtimestamp(now, zone).date())
+    groups = _split(group_by)
+    for g in groups:
+        if g not in GROUPS:
+            raise ParameterError("group_by", f"group_by takes number, category, country; not {g!r}")
+    own = [NumberRef(p, w) for p, w in numbers_repo.number_refs(conn, account.id)]
+    chosen = _chosen_numbers(own, _split(numbers)) if numbers else own
+    ordered_groups = tuple(g for g in GROUPS if g in groups)
+    return Question(
+        first, last, grain, zone, tuple(chosen), ordered_groups, unique, len(chosen) == len(own)
+    )
+
+
+def _parse_range(from_: str | None, to: str | None, grain: str, today: date) -> tuple[date, date]:
+    """[first, last] days: by default the eleven months before this one and this one, to
+    today; never more days than `MAX_DAYS` allows for the granularity."""
     last = _parse_day("to", to, end_of_month=True) if to else today
     if from_:
         first = _parse_day("from", from_, end_of_month=False)
@@ -248,28 +263,24 @@ def parse_question(
             f"the range is {(last - first).days + 1} days; at most {MAX_DAYS[grain]} days "
             f"with granularity={grain}",
         )
-    groups = _split(group_by)
-    for g in groups:
-        if g not in GROUPS:
-            raise ParameterError("group_by", f"group_by takes number, category, country; not {g!r}")
-    own = [NumberRef(p, w) for p, w in numbers_repo.number_refs(conn, account.id)]
-    chosen = own
-    wanted = _split(numbers)
-    if wanted:
-        by_digits = {n.whatsapp: n for n in own}
-        chosen = []
-        for text in wanted:
-            digits = normalise_whatsapp(text)
-            if digits is None:
-                raise ParameterError("numbers", f"{text[:40]!r} is not a phone number")
-            if digits not in by_digits:
-                raise ParameterError("numbers", f"{digits} is not one of this account's numbers")
-            if by_digits[digits] not in chosen:
-                chosen.append(by_digits[digits])
-    ordered_groups = tuple(g for g in GROUPS if g in groups)
-    return Question(
-        first, last, grain, zone, tuple(chosen), ordered_groups, unique, len(chosen) == len(own)
-    )
+    return first, last
+
+
+def _chosen_numbers(own: list[NumberRef], wanted: list[str]) -> list[NumberRef]:
+    """The account's numbers named in `wanted` (any punctuation), each once; all if none is."""
+    if not wanted:
+        return own
+    by_digits = {n.whatsapp: n for n in own}
+    chosen: list[NumberRef] = []
+    for text in wanted:
+        digits = normalise_whatsapp(text)
+        if digits is None:
+            raise ParameterError("numbers", f"{text[:40]!r} is not a phone number")
+        if digits not in by_digits:
+            raise ParameterError("numbers", f"{digits} is not one of this account's numbers")
+        if by_digits[digits] not in chosen:
+            chosen.append(by_digits[digits])
+    return chosen
 
 
 # --- periods ------------------------------------------------------------------------------------
