@@ -241,24 +241,27 @@ def _statistics(ctx: AppContext, token: str, query: _Query | Response) -> Respon
             conn, account, number=number, first_month=first, last_month=last
         )
         total_numbers = 1 if number else stats.count_numbers(conn, account)
-    return answer_response(
-        answers.ConversationsStatistics(
-            status="OK",
-            reason=Reason.OK,
-            total_whatsapp=total_numbers,
-            whatsapp=digits,
-            months=tuple(
-                answers.MonthStatistics(
-                    month_year=mmyyyy(m.month),
-                    total_conversations=m.total,
-                    total_marketing=m.marketing,
-                    total_service=m.service,
-                    total_incoming=m.incoming,
-                )
+    # Validated in one call from plain values, the fastest way to the model (pydantic builds
+    # the items itself: docs/benchmarks.md, "Answer models").
+    answer = answers.ConversationsStatistics.model_validate(
+        {
+            "status": "OK",
+            "reason": Reason.OK,
+            "total_whatsapp": total_numbers,
+            "whatsapp": digits,
+            "months": [
+                {
+                    "month_year": mmyyyy(m.month),
+                    "total_conversations": m.total,
+                    "total_marketing": m.marketing,
+                    "total_service": m.service,
+                    "total_incoming": m.incoming,
+                }
                 for m in months
-            ),
-        )
+            ],
+        }
     )
+    return answer_response(answer)
 
 
 # --- GET /api/whatsapp/getWhatsApp ------------------------------------------------------------
@@ -283,33 +286,34 @@ def _numbers(ctx: AppContext, token: str) -> Response:
         if account is None:
             return no_token()
         rows = stats.numbers_this_month(conn, account, ctx.now())
-    items = tuple(
-        answers.WhatsAppNumber(
-            create_time=number.created_at,
-            whatsapp=number.whatsapp,
+    items = [
+        {
+            "create_time": number.created_at,
+            "whatsapp": number.whatsapp,
             # Empty strings rather than null: clients of the reference provider expect strings.
-            display_name=number.display_name or "",
-            business_name=number.business_name or "",
-            coexistence=int(number.coexistence),
-            conversations_this_month=counts.total,
-            marketing_this_month=counts.marketing,
-            service_this_month=counts.service,
-            incoming_this_month=counts.incoming,
-        )
+            "display_name": number.display_name or "",
+            "business_name": number.business_name or "",
+            "coexistence": int(number.coexistence),
+            "conversations_this_month": counts.total,
+            "marketing_this_month": counts.marketing,
+            "service_this_month": counts.service,
+            "incoming_this_month": counts.incoming,
+        }
         for number, counts in rows
+    ]
+    answer = answers.WhatsAppNumbers.model_validate(
+        {
+            "status": "OK",
+            "reason": Reason.OK,
+            "total_whatsapp": len(items),
+            "total_conversations_this_month": sum(c.total for _, c in rows),
+            "total_marketing_this_month": sum(c.marketing for _, c in rows),
+            "total_service_this_month": sum(c.service for _, c in rows),
+            "total_incoming_this_month": sum(c.incoming for _, c in rows),
+            "numbers": items,
+        }
     )
-    return answer_response(
-        answers.WhatsAppNumbers(
-            status="OK",
-            reason=Reason.OK,
-            total_whatsapp=len(items),
-            total_conversations_this_month=sum(i.conversations_this_month for i in items),
-            total_marketing_this_month=sum(i.marketing_this_month for i in items),
-            total_service_this_month=sum(i.service_this_month for i in items),
-            total_incoming_this_month=sum(i.incoming_this_month for i in items),
-            numbers=items,
-        )
-    )
+    return answer_response(answer)
 
 
 _other_methods("/settings/accessToken", "POST")

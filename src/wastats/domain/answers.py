@@ -46,7 +46,7 @@ class Answer(BaseModel):
 # where pydantic would write `Z`); `as_of` is always UTC, written with `Z`.
 _OffsetTime = Annotated[
     datetime,
-    PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json"),
+    PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 _UtcTime = Annotated[
