@@ -407,16 +407,19 @@ def test_secret_and_tokens_are_never_logged(
 
 
 def cli(served: Served, *args: str, **env: str) -> tuple[int, str, str]:
-    result = runner.invoke(
-        cli_app,
-        ["stats", "--account", served.tenant.client_id, "--url", served.url, *args],
-        env={"WASTATS_DATABASE_URL": served.settings.database_url, **env},
-    )
+    # The command's "now" (which periods are final, the default range) is the service's clock.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("wastats.cli.stats.now", lambda: int(served.clock()))
+        result = runner.invoke(
+            cli_app,
+            ["stats", "--account", served.tenant.client_id, *args],
+            env={"WASTATS_DATABASE_URL": served.settings.database_url, **env},
+        )
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_cli_table(served: Served) -> None:
-    # Without a secret: the operator's token, made in the database the service uses.
+    # Read from the database the service uses, through the same answer model as /v1/stats.
     code, out, err = cli(served, "--from", "2025-11", "--to", "2026-01", "--by", "number")
     assert code == 0, err
     lines = {f"{line.split('│')[1].strip()} {line.split('│')[2].strip()}".strip(): line
@@ -429,24 +432,29 @@ def test_cli_table(served: Served) -> None:
     assert cells["total"][:4] == ["3", "2", "4", "9"]
 
 
-def test_cli_csv_with_secret(served: Served) -> None:
-    args = ["--from", "2025-11", "--to", "2026-01", "--by", "number,category", "--unique"]
-    raw = raw_get(
-        served,
-        "/v1/stats",
-        params={"from": "2025-11", "to": "2026-01", "group_by": "number,category",
-                "unique": "true", "format": "csv"},
-    ).text  # fmt: skip
-    secret = served.tenant.client_secret
-    code, out, err = cli(served, *args, "--csv", "--secret", secret)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--from", "2025-11", "--to", "2026-01", "--by", "number,category", "--unique"],
+        ["--from", "2025-11-15", "--to", "2026-01-10", "--granularity", "week", "--by",
+         "country", "--tz", "America/New_York"],
+        ["--from", "2025-12", "--to", "2025-12", "--granularity", "day", "--number", A],
+    ],
+)  # fmt: skip
+def test_cli_csv_equals_the_download(served: Served, args: list[str]) -> None:
+    params: dict[str, str] = {"format": "csv"}
+    names = {"--from": "from", "--to": "to", "--by": "group_by", "--granularity": "granularity",
+             "--tz": "tz", "--number": "numbers"}  # fmt: skip
+    for name, value in zip(args, args[1:], strict=False):
+        if name in names:
+            params[names[name]] = value
+    if "--unique" in args:
+        params["unique"] = "true"
+    raw = raw_get(served, "/v1/stats", params=params)
+    assert raw.status_code == 200, raw.text
+    code, out, err = cli(served, *args, "--csv")
     assert (code, err) == (0, "")
-    assert out == raw
-    # The secret from the environment works the same; a wrong one is one red line.
-    code, out, _ = cli(served, *args, "--csv", WASTATS_CLIENT_SECRET=secret)
-    assert (code, out) == (0, raw)
-    code, out, err = cli(served, "--csv", "--secret", "wrong")
-    assert code == 1
-    assert err.strip() == "error: client_id or client_secret is wrong"
+    assert out == raw.text
 
 
 def one_red_line(code: int, out: str, err: str) -> str:
@@ -459,25 +467,29 @@ def one_red_line(code: int, out: str, err: str) -> str:
 def test_cli_errors(served: Served) -> None:
     unknown = runner.invoke(
         cli_app,
-        ["stats", "--account", "nobody", "--url", served.url],
+        ["stats", "--account", "nobody"],
         env={"WASTATS_DATABASE_URL": served.settings.database_url},
     )
     message = one_red_line(unknown.exit_code, unknown.stdout, unknown.stderr)
     assert message == "error: no account with client id 'nobody'"
 
     message = one_red_line(*cli(served, "--granularity", "fortnight"))
-    assert message == "error: 422 Invalid parameter: granularity must be day, week or month"
+    assert message == "error: granularity must be day, week or month"
+    message = one_red_line(*cli(served, "--number", "972509999999"))
+    assert message == "error: 972509999999 is not one of this account's numbers"
 
+
+def test_cli_needs_no_server_and_ignores_the_old_options(served: Served) -> None:
+    # --url and --secret belonged to the version that asked the service over HTTP: a script
+    # that still passes them works (nothing listens on that port), with a note on stderr.
     port = _free_port()
-    message = one_red_line(*cli(served, "--url", f"http://127.0.0.1:{port}"))
-    assert message.startswith(f"error: cannot reach http://127.0.0.1:{port}: ")
-
-
-def test_cli_url_from_environment(served: Served) -> None:
-    result = runner.invoke(
-        cli_app,
-        ["stats", "--account", served.tenant.client_id, "--from", "2025-12", "--to", "2025-12"],
-        env={"WASTATS_DATABASE_URL": served.settings.database_url, "WASTATS_URL": served.url},
+    code, out, err = cli(
+        served, "--from", "2025-12", "--to", "2025-12", "--url", f"http://127.0.0.1:{port}",
+        "--secret", "wrong",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "2025-12" in out
+    assert err.strip() == (
+        "note: --url and --secret are ignored: wastats stats reads the database "
+        "(WASTATS_DATABASE_URL) directly"
     )
-    assert result.exit_code == 0, result.stderr
-    assert "2025-12" in result.stdout

@@ -29,10 +29,8 @@ from wastats.counting import (
     message_conversation_ids,
     message_era,
     message_unit,
-    mmyyyy,
     month_bounds,
     month_of,
-    parse_mmyyyy,
     user_country,
 )
 
@@ -897,25 +895,3 @@ def test_month_bounds_contain_exactly_the_month(ts: int, zone: ZoneInfo) -> None
     assert month_of(start, zone) == month_of(end - 1, zone) == month
     assert month_of(start - 1, zone) != month
     assert month_of(end, zone) != month
-
-
-@pytest.mark.parametrize(
-    ("text", "month"),
-    [("022025", 202502), ("121970", 197012), ("019999", 999901), ("072025", 202507)],
-)
-def test_mmyyyy_round_trip(text: str, month: int) -> None:
-    assert parse_mmyyyy(text) == month
-    assert mmyyyy(month) == text
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "22025", "0220250", "132025", "002025", "021969", " 22025", "+12025", "02-025", "٠٢٢٠٢٥"],
-)
-def test_parse_mmyyyy_rejects(text: str) -> None:
-    assert parse_mmyyyy(text) is None
-
-
-def test_mmyyyy_rejects_invalid_months() -> None:
-    with pytest.raises(ValueError, match="not a month"):
-        mmyyyy(202513)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from conftest import FakeClock, make_settings
 from helpers import Tenant, add_number, bearer, create_tenant, get_token, seed_units
+from wastats.api.partners import mmyyyy, parse_mmyyyy
 from wastats.app import create_app
 from wastats.settings import Settings
 from wastats.store import accounts as accounts_repo
@@ -583,3 +584,28 @@ def test_healthz_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert STATS in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+# --- months, written mmyyyy (the API's own format) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "month"),
+    [("022025", 202502), ("121970", 197012), ("019999", 999901), ("072025", 202507)],
+)
+def test_mmyyyy_round_trip(text: str, month: int) -> None:
+    assert parse_mmyyyy(text) == month
+    assert mmyyyy(month) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "22025", "0220250", "132025", "002025", "021969", " 22025", "+12025", "02-025", "٠٢٢٠٢٥"],
+)
+def test_parse_mmyyyy_rejects(text: str) -> None:
+    assert parse_mmyyyy(text) is None
+
+
+def test_mmyyyy_rejects_invalid_months() -> None:
+    with pytest.raises(ValueError, match="not a month"):
+        mmyyyy(202513)

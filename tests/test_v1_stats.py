@@ -275,3 +275,29 @@ def test_tenants_are_isolated(
     assert client.get("/v1/numbers", headers=bearer(get_token(client, other))).json() == {
         "numbers": []
     }
+
+
+@pytest.mark.parametrize("unique", [False, True])  # the rollups, then the counted units
+def test_category_rows_sort_by_category_then_pricing(
+    client: TestClient, tenant: Tenant, clock: FakeClock, unique: bool
+) -> None:
+    # Keyed by (category, pricing) pairs, not "category|pricing" text, whose "|" sorted
+    # `authentication_international` before `authentication`.
+    clock.now = at("2025-05-20 12:00")
+    deliver(
+        client,
+        *template("c1", "2025-04-02 10:00", "authentication_international"),
+        *template("c2", "2025-04-03 10:00", "authentication"),
+        *template("c3", "2025-04-04 10:00", "utility", kind="free_customer_service"),
+        *template("c4", "2025-04-05 10:00", "utility"),
+    )
+    answer = get(client, tenant, **{"from": "2025-04", "to": "2025-04", "group_by": "category",
+                                    "unique": str(unique).lower()})  # fmt: skip
+    assert [
+        (r["category"], r["pricing"], r["service"], r["uncounted"]) for r in answer["rows"]
+    ] == [
+        ("authentication", "regular", 1, 0),
+        ("authentication_international", "regular", 1, 0),
+        ("utility", "free_customer_service", 0, 1),
+        ("utility", "regular", 1, 0),
+    ]

@@ -30,12 +30,11 @@ from wastats.api.observability import (
 )
 from wastats.api.problems import problem
 from wastats.api.webhooks import whatsapp_webhook
-from wastats.ingest.identity import CustomerHasher, load_secret_key
+from wastats.ingest.identity import CustomerHasher, load_body_sealer, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
 from wastats.meta.sync import SyncRunner
-from wastats.sealing import load_body_sealer
 from wastats.settings import Settings, load_settings
 from wastats.store.db import Database
 from wastats.store.migrate import check_schema_current

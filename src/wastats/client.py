@@ -9,8 +9,9 @@ before its `expiration_time`, and once more when the service rejects it (the clo
 service may disagree, and `wastats accounts rotate-secret` revokes tokens early). It never logs
 the secret or a token. Answers are parsed into frozen pydantic models whose field values are the
 service's JSON (`model_dump(mode="json", by_alias=True, exclude_unset=True)` gives the answer
-back). Errors are `WastatsError` subclasses; transport faults (no connection, timeouts) propagate
-as `httpx` errors.
+back); they are the very models the service builds its answers from
+(`wastats.domain.answers`). Errors are `WastatsError` subclasses; transport faults (no
+connection, timeouts) propagate as `httpx` errors.
 """
 
 from __future__ import annotations
@@ -22,15 +23,28 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from wastats import __version__
+from wastats.domain.answers import (
+    Answer,
+    ConversationsStatistics,
+    Counts,
+    MonthStatistics,
+    Number,
+    Numbers,
+    Stats,
+    StatsRow,
+    UniqueCustomers,
+    WhatsAppNumber,
+    WhatsAppNumbers,
+)
 
 __all__ = [
     "ApiFailure", "AuthenticationError", "Client", "ConversationsStatistics", "Counts",
@@ -123,118 +137,8 @@ class AuthenticationError(WastatsError):
 # --- answers ------------------------------------------------------------------------------------
 
 
-class _Answer(BaseModel):
-    # Frozen: answers are values. Unknown fields are ignored so a newer service with more
-    # fields does not break older clients.
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-
-_M = TypeVar("_M", bound=_Answer)
-
-
-class MonthStatistics(_Answer):
-    """One month of `getConversationsStatistics`."""
-
-    month_year: str = Field(alias="monthYear", description="`mmyyyy`")
-    total_conversations: int = Field(alias="totalConversations")
-    total_marketing: int = Field(alias="totalMarketing")
-    total_service: int = Field(alias="totalService")
-    total_incoming: int = Field(alias="totalIncoming")
-
-    @property
-    def month(self) -> date:
-        """The first day of the month."""
-        return date(int(self.month_year[2:]), int(self.month_year[:2]), 1)
-
-
-class ConversationsStatistics(_Answer):
-    status: str
-    reason: int
-    total_whatsapp: int = Field(alias="totalWhatsApp")
-    whatsapp: str | None
-    months: tuple[MonthStatistics, ...] = Field(alias="list", description="newest first")
-
-
-class WhatsAppNumber(_Answer):
-    """One number of `getWhatsApp`, with this month's counts."""
-
-    create_time: int
-    whatsapp: str
-    display_name: str
-    business_name: str
-    coexistence: int = Field(description="1 for a number shared with the WhatsApp Business app")
-    conversations_this_month: int = Field(alias="conversationsThisMonth")
-    marketing_this_month: int = Field(alias="marketingThisMonth")
-    service_this_month: int = Field(alias="serviceThisMonth")
-    incoming_this_month: int = Field(alias="incomingThisMonth")
-
-
-class WhatsAppNumbers(_Answer):
-    status: str
-    reason: int
-    total_whatsapp: int = Field(alias="totalWhatsApp")
-    total_conversations_this_month: int = Field(alias="totalConversationsThisMonth")
-    total_marketing_this_month: int = Field(alias="totalMarketingThisMonth")
-    total_service_this_month: int = Field(alias="totalServiceThisMonth")
-    total_incoming_this_month: int = Field(alias="totalIncomingThisMonth")
-    numbers: tuple[WhatsAppNumber, ...] = Field(alias="list")
-
-
-class UniqueCustomers(_Answer):
-    marketing: int
-    service: int
-    incoming: int
-    total: int
-
-
-class Counts(_Answer):
-    """The counts of a `/v1/stats` row or of its totals."""
-
-    marketing: int
-    service: int
-    incoming: int
-    total: int
-    uncounted: int
-    unique_customers: UniqueCustomers | None = Field(
-        default=None, description="only with unique=True"
-    )
-
-
-class StatsRow(Counts):
-    period: str = Field(description="`2025-01`, `2025-W03` or `2025-01-15`")
-    start: datetime
-    end: datetime
-    final: bool
-    # Present only when grouped by them.
-    number: str | None = None
-    country: str | None = None
-    category: str | None = None
-    pricing: str | None = None
-
-
-class Stats(_Answer):
-    tz: str
-    from_: date = Field(alias="from")
-    to: date
-    granularity: str
-    group_by: tuple[str, ...]
-    numbers: tuple[str, ...]
-    as_of: datetime | None
-    rules_version: int
-    totals: Counts
-    rows: tuple[StatsRow, ...]
-
-
-class Number(_Answer):
-    """One number of `/v1/numbers`."""
-
-    whatsapp: str
-    phone_number_id: str
-    waba_id: str | None
-    display_name: str | None
-    business_name: str | None
-    coexistence: bool
-    created_at: int = Field(description="registration time, Unix seconds")
+# One model per answer, shared with the service that writes them (`wastats.domain.answers`).
+_M = TypeVar("_M", bound=Answer)
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -427,10 +331,7 @@ class Client:
     def numbers(self) -> list[Number]:
         """`GET /v1/numbers`: the account's numbers, in registration order."""
         answer = _json(self._v1_get(NUMBERS_PATH, [], accept="application/json"))
-        items = answer.get("numbers")
-        if not isinstance(items, list):
-            raise WastatsError("unexpected answer from /v1/numbers: no numbers list")
-        return [_parse(Number, item) for item in items]
+        return list(_parse(Numbers, answer).numbers)
 
     def _partners_get(self, path: str, body: dict[str, str] | None) -> dict[str, Any]:
         """GET on the compatible API; the keys go in a JSON body, as the reference API reads

@@ -28,9 +28,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from wastats.ingest.identity import load_secret_key
-from wastats.settings import Settings
-
 _NONCE_BYTES = 12
 _BODY_INFO = b"wastats inbox body AES-256-GCM v1"
 _KEY_ID_INFO = b"wastats inbox body key id v1"
@@ -81,14 +78,3 @@ class BodySealer:
             return key.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], sha256.encode("ascii"))
         except InvalidTag:
             raise BodyUnreadable(f"sealed body does not open with key {key_id}") from None
-
-
-def load_body_sealer(settings: Settings) -> BodySealer:
-    """The sealer of this deployment: `WASTATS_BODY_KEYS` (comma-separated, the first seals),
-    else the customer-hashing secret (which then keys both, through different HKDF infos)."""
-    if settings.body_keys is not None:
-        given = [k.strip() for k in settings.body_keys.get_secret_value().split(",")]
-        secrets = [k.encode("utf-8") for k in given if k]
-        if secrets:
-            return BodySealer(secrets)
-    return BodySealer([load_secret_key(settings)])

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
+from wastats.domain import inbox
 from wastats.meta import observe as meta_observe
-from wastats.store import inbox as inbox_repo
 
 router = APIRouter(tags=["operations"])
 
@@ -39,7 +39,7 @@ def configuration_problems(ctx: AppContext) -> list[str]:
 
 def _check(ctx: AppContext) -> dict[str, Any]:
     with ctx.db.read() as conn:
-        states = inbox_repo.count_by_state(conn)
+        states = inbox.states(conn)
         meta_sync = meta_observe.health(conn)
     running = ctx.ingest is not None and ctx.ingest.running
     problems = configuration_problems(ctx)
@@ -49,9 +49,9 @@ def _check(ctx: AppContext) -> dict[str, Any]:
         "database": "ok",
         "ingest": "running" if running else "stopped",
         "inbox": {
-            "pending": states.get(inbox_repo.PENDING, 0),
-            "rejected": states.get(inbox_repo.REJECTED, 0),
-            "processed": states.get(inbox_repo.PROCESSED, 0),
+            "pending": states.pending,
+            "rejected": states.rejected,
+            "processed": states.processed,
         },
     }
     if meta_sync:  # once any WABA is linked (docs/meta-record.md)

@@ -32,7 +32,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,10 +40,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wastats.api.context import AppContext, context_of
 from wastats.api.middleware import BodyTooLarge
 from wastats.api.problems import problem
+from wastats.domain import inbox
 from wastats.logs import accept_request_id, bound_request_id, configure_logging
 from wastats.meta.observe import MetaSyncCollector
-from wastats.store import inbox as inbox_repo
-from wastats.store.schema import inbox
 
 __all__ = [
     "METRICS_PATH",
@@ -99,7 +97,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_IngestCollector(ctx))
-        self.registry.register(MetaSyncCollector(ctx))  # per-WABA sync state (Meta's record)
+        self.registry.register(MetaSyncCollector(ctx.db))  # per-WABA sync state (Meta's record)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -117,7 +115,7 @@ class Metrics:
         could not be asked, in which case the gauge is left out of this scrape."""
         try:
             with self.ctx.db.read() as conn:
-                oldest = oldest_pending_received_at(conn)
+                oldest = inbox.oldest_pending_received_at(conn)
         except SQLAlchemyError as exc:
             self.database_errors.inc()
             log.warning("metrics: could not measure the ingest lag: %s", _reason(exc))
@@ -125,22 +123,6 @@ class Metrics:
         if oldest is None:
             return 0.0
         return max(0.0, self.ctx.clock() - oldest)
-
-
-def oldest_pending_received_at(conn: Connection) -> int | None:
-    """`received_at` of the first pending inbox row, by id (arrival order).
-
-    The same access path as the ingestion sweep (`inbox_repo.pending_ids`): the `state` index
-    in id order, one row read, however many bodies are waiting."""
-    # Belongs in wastats.store.inbox with the other inbox queries (kept here only while that
-    # module is being changed by someone else).
-    row = conn.execute(
-        select(inbox.c.received_at)
-        .where(inbox.c.state == inbox_repo.PENDING)
-        .order_by(inbox.c.id)
-        .limit(1)
-    ).first()
-    return None if row is None else int(row[0])
 
 
 def _reason(exc: SQLAlchemyError) -> str:

@@ -12,14 +12,13 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from wastats.api.context import AppContext, client_ip, context_of
-from wastats.counting.calendar import mmyyyy, parse_mmyyyy
-from wastats.domain import auth, history, stats
+from wastats.api.problems import answer_response
+from wastats.domain import answers, auth, history, stats
 from wastats.domain.phone import normalise_whatsapp
-from wastats.store import numbers as numbers_repo
 
 router = APIRouter(prefix="/api", tags=["compatible partners API"])
 
@@ -32,7 +31,7 @@ def _other_methods(path: str, expected: str) -> None:
     """Answer every other method of `path` with reason 13, in band, as the contract says.
     Kept out of the OpenAPI schema, which documents only the real method."""
 
-    async def wrong(request: Request) -> JSONResponse:
+    async def wrong(request: Request) -> Response:
         return wrong_method(expected)
 
     router.add_api_route(
@@ -56,11 +55,11 @@ class Reason:
     START_AFTER_END = 42
 
 
-def fail(reason: int, message: str) -> JSONResponse:
-    return JSONResponse({"status": "FAIL", "reason": reason, "message": message})
+def fail(reason: int, message: str) -> Response:
+    return answer_response(answers.Failure(status="FAIL", reason=reason, message=message))
 
 
-def wrong_method(expected: str) -> JSONResponse:
+def wrong_method(expected: str) -> Response:
     return fail(Reason.WRONG_METHOD, f"you need to use {expected} method")
 
 
@@ -78,6 +77,30 @@ async def json_object(request: Request) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+# --- months, written mmyyyy ---------------------------------------------------------------------
+
+_MIN_YEAR, _MAX_YEAR = 1970, 9999
+
+
+def mmyyyy(month: int) -> str:
+    """`YYYYMM` → this API's `mmyyyy` (202502 → "022025")."""
+    year, mm = divmod(month, 100)
+    if not (_MIN_YEAR <= year <= _MAX_YEAR and 1 <= mm <= 12):
+        raise ValueError(f"not a month YYYYMM between {_MIN_YEAR} and {_MAX_YEAR}: {month!r}")
+    return f"{mm:02d}{year:04d}"
+
+
+def parse_mmyyyy(text: str) -> int | None:
+    """`mmyyyy` → `YYYYMM`, or None unless `text` is exactly six ASCII digits with month 01–12 and
+    year 1970–9999 (no signs, spaces or non-ASCII digits, which `int()` would accept)."""
+    if len(text) != 6 or not text.isascii() or not text.isdigit():
+        return None
+    mm, year = int(text[:2]), int(text[2:])
+    if not (1 <= mm <= 12 and _MIN_YEAR <= year <= _MAX_YEAR):
+        return None
+    return year * 100 + mm
+
+
 # --- POST /api/settings/accessToken -----------------------------------------------------------
 
 
@@ -86,17 +109,9 @@ class TokenRequest(BaseModel):
     client_secret: str
 
 
-class TokenAnswer(BaseModel):
-    status: str = Field(examples=["OK"])
-    access_token: str
-    expiration_time: str = Field(description="Unix seconds, as a string", examples=["1731842931"])
-    token_type: str = Field(examples=["Bearer"])
-    reason: int = Field(examples=[1])
-
-
 @router.post(
     "/settings/accessToken",
-    response_model=TokenAnswer,
+    response_model=answers.AccessToken,
     openapi_extra={
         "requestBody": {
             "content": {"application/json": {"schema": TokenRequest.model_json_schema()}}
@@ -104,7 +119,7 @@ class TokenAnswer(BaseModel):
     },
     summary="Get an access token from client credentials",
 )
-async def access_token(request: Request) -> JSONResponse:
+async def access_token(request: Request) -> Response:
     ctx = context_of(request)
     body = await json_object(request)
     client_id = body.get("client_id") if body else None
@@ -122,14 +137,14 @@ async def access_token(request: Request) -> JSONResponse:
     if result is auth.TokenRefusal.BAD_CREDENTIALS:
         return fail(Reason.BAD_CREDENTIALS_OR_BODY, result.value)
     assert isinstance(result, auth.IssuedToken)
-    return JSONResponse(
-        {
-            "status": "OK",
-            "access_token": result.access_token,
-            "expiration_time": str(result.expires_at),
-            "token_type": "Bearer",
-            "reason": Reason.OK,
-        }
+    return answer_response(
+        answers.AccessToken(
+            status="OK",
+            access_token=result.access_token,
+            expiration_time=str(result.expires_at),
+            token_type="Bearer",
+            reason=Reason.OK,
+        )
     )
 
 
@@ -142,7 +157,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def no_token() -> JSONResponse:
+def no_token() -> Response:
     return fail(
         Reason.TOKEN_OR_LOCKOUT,
         "access token does not exist or expired; get another one from /api/settings/accessToken",
@@ -152,25 +167,9 @@ def no_token() -> JSONResponse:
 # --- GET /api/whatsapp/getConversationsStatistics ---------------------------------------------
 
 
-class MonthItem(BaseModel):
-    monthYear: str = Field(examples=["012025"])
-    totalConversations: int
-    totalMarketing: int
-    totalService: int
-    totalIncoming: int
-
-
-class StatisticsAnswer(BaseModel):
-    status: str
-    reason: int
-    totalWhatsApp: int
-    whatsapp: str | None
-    list: list[MonthItem]
-
-
 @router.get(
     "/whatsapp/getConversationsStatistics",
-    response_model=StatisticsAnswer,
+    response_model=answers.ConversationsStatistics,
     summary="Monthly Marketing / Service / Incoming counts",
     description="Keys `start_date`, `end_date` (`mmyyyy`, inclusive) and `whatsapp` may come as "
     "a JSON body on the GET or as query parameters; the body wins when both are present.",
@@ -180,7 +179,7 @@ async def conversations_statistics(
     start_date: str | None = None,
     end_date: str | None = None,
     whatsapp: str | None = None,
-) -> JSONResponse:
+) -> Response:
     token = bearer_token(request)
     if token is None:
         return no_token()
@@ -196,7 +195,7 @@ _Query = tuple[str | None, int | None, int | None]
 """(whatsapp digits, first month, last month) of a valid statistics request."""
 
 
-def _statistics_query(body: dict[str, Any] | None, **given: str | None) -> _Query | JSONResponse:
+def _statistics_query(body: dict[str, Any] | None, **given: str | None) -> _Query | Response:
     """The request's parameters, checked in the documented order, or the failure to answer
     (once the token, which comes first, has been found valid)."""
     if body is None:
@@ -229,12 +228,12 @@ def _statistics_query(body: dict[str, Any] | None, **given: str | None) -> _Quer
     return digits, first, last
 
 
-def _statistics(ctx: AppContext, token: str, query: _Query | JSONResponse) -> JSONResponse:
+def _statistics(ctx: AppContext, token: str, query: _Query | Response) -> Response:
     with ctx.db.read() as conn:
         account = auth.authenticate(conn, token, ctx.now())
         if account is None:
             return no_token()
-        if isinstance(query, JSONResponse):
+        if isinstance(query, Response):
             return query
         digits, first, last = query
         number = None
@@ -247,50 +246,39 @@ def _statistics(ctx: AppContext, token: str, query: _Query | JSONResponse) -> JS
         )
         # Off unless the account asked for it (docs/meta-record.md, "History").
         months = history.with_history_from_meta(conn, account, number, months, first, last)
-        total_numbers = 1 if number else numbers_repo.count_numbers(conn, account.id)
-    return JSONResponse(
+        total_numbers = 1 if number else stats.count_numbers(conn, account)
+    # Validated in one call from plain values, the fastest way to the model (pydantic builds
+    # the items itself: docs/benchmarks.md, "Answer models").
+    answer = answers.ConversationsStatistics.model_validate(
         {
             "status": "OK",
             "reason": Reason.OK,
-            "totalWhatsApp": total_numbers,
+            "total_whatsapp": total_numbers,
             "whatsapp": digits,
-            "list": [m.as_partners_item() for m in months],
+            "months": [
+                {
+                    "month_year": mmyyyy(m.month),
+                    "total_conversations": m.total,
+                    "total_marketing": m.marketing,
+                    "total_service": m.service,
+                    "total_incoming": m.incoming,
+                }
+                for m in months
+            ],
         }
     )
+    return answer_response(answer)
 
 
 # --- GET /api/whatsapp/getWhatsApp ------------------------------------------------------------
 
 
-class NumberItem(BaseModel):
-    create_time: int
-    whatsapp: str
-    display_name: str
-    business_name: str
-    coexistence: int
-    conversationsThisMonth: int
-    marketingThisMonth: int
-    serviceThisMonth: int
-    incomingThisMonth: int
-
-
-class NumbersAnswer(BaseModel):
-    status: str
-    reason: int
-    totalWhatsApp: int
-    totalConversationsThisMonth: int
-    totalMarketingThisMonth: int
-    totalServiceThisMonth: int
-    totalIncomingThisMonth: int
-    list: list[NumberItem]
-
-
 @router.get(
     "/whatsapp/getWhatsApp",
-    response_model=NumbersAnswer,
+    response_model=answers.WhatsAppNumbers,
     summary="The account's numbers with this month's counts",
 )
-async def get_whatsapp(request: Request) -> JSONResponse:
+async def get_whatsapp(request: Request) -> Response:
     token = bearer_token(request)
     if token is None:
         return no_token()
@@ -298,7 +286,7 @@ async def get_whatsapp(request: Request) -> JSONResponse:
     return await ctx.run(_numbers, ctx, token)
 
 
-def _numbers(ctx: AppContext, token: str) -> JSONResponse:
+def _numbers(ctx: AppContext, token: str) -> Response:
     with ctx.db.read() as conn:
         account = auth.authenticate(conn, token, ctx.now())
         if account is None:
@@ -312,25 +300,26 @@ def _numbers(ctx: AppContext, token: str) -> JSONResponse:
             "display_name": number.display_name or "",
             "business_name": number.business_name or "",
             "coexistence": int(number.coexistence),
-            "conversationsThisMonth": counts.total,
-            "marketingThisMonth": counts.marketing,
-            "serviceThisMonth": counts.service,
-            "incomingThisMonth": counts.incoming,
+            "conversations_this_month": counts.total,
+            "marketing_this_month": counts.marketing,
+            "service_this_month": counts.service,
+            "incoming_this_month": counts.incoming,
         }
         for number, counts in rows
     ]
-    return JSONResponse(
+    answer = answers.WhatsAppNumbers.model_validate(
         {
             "status": "OK",
             "reason": Reason.OK,
-            "totalWhatsApp": len(items),
-            "totalConversationsThisMonth": sum(i["conversationsThisMonth"] for i in items),
-            "totalMarketingThisMonth": sum(i["marketingThisMonth"] for i in items),
-            "totalServiceThisMonth": sum(i["serviceThisMonth"] for i in items),
-            "totalIncomingThisMonth": sum(i["incomingThisMonth"] for i in items),
-            "list": items,
+            "total_whatsapp": len(items),
+            "total_conversations_this_month": sum(c.total for _, c in rows),
+            "total_marketing_this_month": sum(c.marketing for _, c in rows),
+            "total_service_this_month": sum(c.service for _, c in rows),
+            "total_incoming_this_month": sum(c.incoming for _, c in rows),
+            "numbers": items,
         }
     )
+    return answer_response(answer)
 
 
 _other_methods("/settings/accessToken", "POST")

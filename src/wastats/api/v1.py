@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
 from wastats.api.limits import run_stats
-from wastats.api.problems import PROBLEM, problem, problem_body
-from wastats.domain import history, reporting
-from wastats.domain.csvsafe import csv_line
-from wastats.store import numbers as numbers_repo
+from wastats.api.problems import PROBLEM, answer_response, problem, problem_body
+from wastats.domain import answers, history, reporting
+from wastats.domain.stats import account_numbers
 from wastats.store.accounts import AccountRow
 
 router = APIRouter(prefix="/v1", tags=["statistics (v1)"])
@@ -46,85 +43,13 @@ async def current_account(request: Request) -> AccountRow | None:
     return await ctx.run(ctx.authenticate, token)
 
 
-# --- schemas (for the OpenAPI document) -------------------------------------------------------
-
-
-class UniqueCustomers(BaseModel):
-    marketing: int
-    service: int
-    incoming: int
-    total: int
-
-
-class CountsModel(BaseModel):
-    marketing: int = Field(examples=[10])
-    service: int = Field(examples=[1])
-    incoming: int = Field(examples=[25])
-    total: int = Field(description="marketing + service + incoming", examples=[36])
-    uncounted: int = Field(description="units in none of the three buckets", examples=[4])
-    unique_customers: UniqueCustomers | None = Field(default=None, description="with unique=true")
-
-
-class Row(CountsModel):
-    incoming: int | None = Field(  # type: ignore[assignment]
-        examples=[25], description="null for rows only Meta reported (it has no Incoming)"
-    )
-    source: str | None = Field(
-        default=None,
-        description="observed, reported or observed+reported (once a WABA is linked)",
-    )
-    cost: dict[str, Any] | None = Field(
-        default=None, description="Meta's cost or an estimate, labelled by `source`"
-    )
-    period: str = Field(examples=["2025-01"])
-    start: str = Field(examples=["2025-01-01T00:00:00+02:00"])
-    end: str = Field(examples=["2025-02-01T00:00:00+02:00"])
-    final: bool = Field(description="the period ended at least 48 hours ago")
-    number: str | None = Field(default=None, description="with group_by=number")
-    country: str | None = Field(default=None, description="with group_by=country")
-    category: str | None = Field(default=None, description="with group_by=category")
-    pricing: str | None = Field(default=None, description="with group_by=category")
-
-
-class StatsAnswer(BaseModel):
-    tz: str = Field(examples=["Asia/Jerusalem"])
-    from_: str = Field(alias="from", examples=["2025-01-01"])
-    to: str = Field(examples=["2025-02-28"])
-    granularity: str = Field(examples=["month"])
-    group_by: list[str] = Field(examples=[["number"]])
-    numbers: list[str] = Field(examples=[["972501234567"]])
-    as_of: str | None = Field(examples=["2025-02-28T21:59:58Z"])
-    rules_version: int = Field(examples=[1])
-    totals: CountsModel
-    rows: list[Row]
-
-
-class ProblemModel(BaseModel):
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] | None = None
-
-
-class NumberModel(BaseModel):
-    whatsapp: str
-    phone_number_id: str
-    waba_id: str | None
-    display_name: str | None
-    business_name: str | None
-    coexistence: bool
-    created_at: int
-
-
-class NumbersAnswer(BaseModel):
-    numbers: list[NumberModel]
+# --- documented answers (the models are wastats.domain.answers) ---------------------------------
 
 
 def _problem_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {PROBLEM: {"schema": ProblemModel.model_json_schema()}},
+        "content": {PROBLEM: {"schema": answers.Problem.model_json_schema()}},
     }
 
 
@@ -147,7 +72,7 @@ _DATE = {"pattern": r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$"}
 
 @router.get(
     "/stats",
-    response_model=StatsAnswer,
+    response_model=answers.Stats,
     responses={
         **_ERRORS,
         200: {"content": {"text/csv": {"example": "period,start,end,final,marketing,...\n"}}},
@@ -239,14 +164,9 @@ async def stats(
         return _invalid(exc.parameter, exc.message)
     except reporting.AnswerTooLarge as exc:
         return _too_large(exc)
-    if encoded is not None:
-        return Response(encoded, media_type="application/json")
-    q = result.question
-    return StreamingResponse(
-        _csv_lines(result),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="wastats-{q.first}-{q.last}.csv"'},
-    )
+    if encoded is None:
+        return _csv_response(result)
+    return Response(encoded, media_type="application/json")
 
 
 def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
@@ -299,36 +219,38 @@ def _question(
 
 def _answer(
     ctx: AppContext, account: AccountRow, question: reporting.Question, wants_csv: bool
-) -> tuple[reporting.Answer, bytes | None]:
+) -> tuple[answers.Stats, bytes | None]:
     """The answer, and its JSON unless CSV is wanted (streamed later, row by row)."""
-    max_rows = ctx.settings.max_stats_rows
+    now, max_rows = ctx.now(), ctx.settings.max_stats_rows
     with ctx.db.read() as conn:
-        result = reporting.answer(conn, account, question, ctx.now(), max_rows=max_rows)
+        result = reporting.answer(conn, account, question, now, max_rows=max_rows).model()
         if wants_csv:
             return result, None
         # Meta's record (history and cost), merged into the observed answer: docs/meta-record.md.
-        body = history.merge_reported(conn, question, result.as_dict(), ctx.now())
-    return result, msgspec.json.encode(body)
+        doc = result.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        merged = history.merge_reported(conn, question, doc, now)
+    return result, msgspec.json.encode(merged)
 
 
-def _csv_lines(result: reporting.Answer) -> Iterator[str]:
-    """The CSV, written a row at a time and sent in chunks of 100 rows (each chunk is one trip
-    to the thread pool: one per row would cost more than the row). Every line comes from
-    `csv_line`, so no cell from a webhook runs as a spreadsheet formula."""
-    chunk = [csv_line(reporting.csv_header(result.question))]
-    for row in reporting.csv_rows(result):
-        chunk.append(csv_line(row))
-        if len(chunk) == 100:
-            yield "".join(chunk)
-            chunk.clear()
-    yield "".join(chunk)
+def _csv_response(result: answers.Stats) -> StreamingResponse:
+    """The answer as a CSV download; the text is `answers.csv_lines`, which `wastats stats
+    --csv` prints too."""
+    return StreamingResponse(
+        answers.csv_lines(result),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="wastats-{result.from_}-{result.to}.csv"'
+            )
+        },
+    )
 
 
 # --- GET /v1/numbers --------------------------------------------------------------------------
 
 
 @router.get(
-    "/numbers", response_model=NumbersAnswer, responses={401: _ERRORS[401]},
+    "/numbers", response_model=answers.Numbers, responses={401: _ERRORS[401]},
     summary="The account's business numbers",
 )  # fmt: skip
 async def list_numbers(request: Request) -> Response:
@@ -336,22 +258,23 @@ async def list_numbers(request: Request) -> Response:
     if account is None:
         return unauthorized()
     ctx = context_of(request)
-    rows = await ctx.run(_numbers, ctx, account)
-    return JSONResponse({"numbers": rows})
+    return answer_response(await ctx.run(_numbers, ctx, account))
 
 
-def _numbers(ctx: AppContext, account: AccountRow) -> list[dict[str, Any]]:
+def _numbers(ctx: AppContext, account: AccountRow) -> answers.Numbers:
     with ctx.db.read() as conn:
-        rows = numbers_repo.list_numbers(conn, account.id)
-    return [
-        {
-            "whatsapp": n.whatsapp,
-            "phone_number_id": n.phone_number_id,
-            "waba_id": n.waba_id,
-            "display_name": n.display_name,
-            "business_name": n.business_name,
-            "coexistence": n.coexistence,
-            "created_at": n.created_at,
-        }
-        for n in rows
-    ]
+        rows = account_numbers(conn, account)
+    return answers.Numbers(
+        numbers=tuple(
+            answers.Number(
+                whatsapp=n.whatsapp,
+                phone_number_id=n.phone_number_id,
+                waba_id=n.waba_id,
+                display_name=n.display_name,
+                business_name=n.business_name,
+                coexistence=n.coexistence,
+                created_at=n.created_at,
+            )
+            for n in rows
+        )
+    )

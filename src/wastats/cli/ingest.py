@@ -16,12 +16,16 @@ from sqlalchemy.exc import OperationalError
 
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
-from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
+from wastats.ingest.identity import (
+    CustomerHasher,
+    SecretKeyMissing,
+    load_body_sealer,
+    load_secret_key,
+)
 from wastats.ingest.importer import ImportFileError, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
-from wastats.ingest.recount import numbers_to_recount, recount_number
-from wastats.sealing import BodySealer, load_body_sealer
-from wastats.store import counts as counts_repo
+from wastats.ingest.recount import numbers_to_recount, recount
+from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 
@@ -139,35 +143,33 @@ def recount_command(
         account_id = get_account(conn, account).id if account else None
         numbers = numbers_to_recount(conn, account_id)
     db = open_database()
-    table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
-                  "rollup rows off")  # fmt: skip
-    differing = 0
     try:
-        for number in numbers:
-            with db.write() as conn:
-                result = recount_number(conn, number, repair=not dry_run)
-            if result.differs:
-                differing += 1
-            table.add_row(
-                number,
-                "yes" if result.registered else "no",
-                str(result.units),
-                str(result.units_missing),
-                str(result.units_extra),
-                str(result.units_changed),
-                str(result.rollup_rows_differing),
-            )
-        with db.write() as conn:
-            # Account-wide sums, after the numbers' own rollups are right.
-            account_rows_off = counts_repo.rebuild_account_rollups(conn, repair=not dry_run)
+        report = recount(db, numbers, repair=not dry_run)
     finally:
         db.dispose()
+    table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
+                  "rollup rows off")  # fmt: skip
+    for result in report.numbers:
+        table.add_row(
+            result.phone_number_id,
+            "yes" if result.registered else "no",
+            str(result.units),
+            str(result.units_missing),
+            str(result.units_extra),
+            str(result.units_changed),
+            str(result.rollup_rows_differing),
+        )
     console.print(table)
-    if account_rows_off:
-        console.print(f"[bold red]Account rollups: {account_rows_off} rows differed.[/]")
-    if differing or account_rows_off:
+    if report.account_rows_differing:
+        console.print(
+            f"[bold red]Account rollups: {report.account_rows_differing} rows differed.[/]"
+        )
+    if report.differs:
         what = "found" if dry_run else "found and repaired"
-        console.print(f"[bold red]Differences {what} on {differing} of {len(numbers)} numbers.[/]")
+        console.print(
+            f"[bold red]Differences {what} on {report.numbers_differing} of {len(numbers)} "
+            "numbers.[/]"
+        )
         raise typer.Exit(1)
     console.print(f"[green]No difference: {len(numbers)} numbers recounted.[/]")
 

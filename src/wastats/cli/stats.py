@@ -1,23 +1,18 @@
-"""`wastats stats`: an account's counts from a running service, through the Python client.
-
-It asks the service rather than the database so the operator sees exactly what the account's
-API users see (same rules, same zone handling, same `final` flags)."""
+"""`wastats stats`: an account's counts, read from the database through the same service and
+answer model as `GET /v1/stats`, so the operator sees exactly what the account's API users see
+(same rules, same zone handling, same `final` flags, the same CSV bytes)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import httpx
 import typer
 from rich.table import Table
 
-from wastats.cli.common import console, database, fail, now
-from wastats.client import Client, Counts, Stats, WastatsError
-from wastats.domain import auth
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-# Long enough for one command, short enough that a token left in a log is soon worthless.
-OPERATOR_TOKEN_SECONDS = 300
+from wastats.cli.common import console, database, errors, now
+from wastats.domain import reporting
+from wastats.domain.accounts import get_account
+from wastats.domain.answers import Counts, Stats, csv_lines
 
 
 def stats_command(
@@ -62,64 +57,37 @@ def stats_command(
     unique: Annotated[
         bool, typer.Option("--unique", help="Add unique customers per period.")
     ] = False,
-    csv: Annotated[bool, typer.Option("--csv", help="Print the service's CSV instead.")] = False,
-    url: Annotated[
-        str, typer.Option(envvar="WASTATS_URL", metavar="URL", help="The service's base URL.")
-    ] = DEFAULT_URL,
-    secret: Annotated[
-        str | None,
-        typer.Option(
-            envvar="WASTATS_CLIENT_SECRET",
-            metavar="SECRET",
-            help="The account's client_secret. Without it a short-lived token is made directly "
-            "in the database (WASTATS_DATABASE_URL), which the operator can do anyway.",
-            show_default=False,
-        ),
-    ] = None,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="Print the CSV of GET /v1/stats?format=csv instead.")
+    ] = False,
+    url: Annotated[str | None, typer.Option(hidden=True)] = None,
+    secret: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """An account's Marketing / Service / Incoming counts, as its API users get them."""
-    base_url = url
+    if url is not None or secret is not None:
+        # Options of the version that asked a running service over HTTP, accepted so that
+        # existing scripts keep working.
+        errors.print(
+            "note: --url and --secret are ignored: wastats stats reads the database "
+            "(WASTATS_DATABASE_URL) directly",
+            highlight=False,
+            soft_wrap=True,
+        )
     group_by = [part.strip() for value in by or () for part in value.split(",") if part.strip()]
-    try:
-        with _client(base_url, account, secret) as client:
-            fetch = client.stats_csv if csv else client.stats
-            answer = fetch(
-                from_=from_,
-                to=to,
-                granularity=granularity,
-                tz=tz,
-                numbers=number or None,
-                group_by=group_by,
-                unique=unique,
-            )
-    except httpx.TransportError as exc:
-        fail(f"cannot reach {base_url}: {_first_line(exc)}")
-    except httpx.HTTPError as exc:
-        fail(f"HTTP error talking to {base_url}: {_first_line(exc)}")
-    except WastatsError as exc:
-        fail(_first_line(exc))
-    if isinstance(answer, str):
-        # Exactly the service's CSV, so `--csv > file` equals a download from /v1/stats.
-        typer.echo(answer, nl=False)
+    with database(write=False) as conn:
+        owner = get_account(conn, account)
+        at = now()
+        question = reporting.parse_question(
+            conn, owner, from_=from_, to=to, granularity=granularity, tz=tz,
+            numbers=number or None, group_by=group_by, unique=unique, now=at,
+        )  # fmt: skip
+        answer = reporting.answer(conn, owner, question, at).model()
+    if csv:
+        for chunk in csv_lines(answer):
+            typer.echo(chunk, nl=False)
         return
     console.print(_table(answer, unique=unique))
     console.print(_footer(answer), highlight=False)
-
-
-def _client(base_url: str, account: str, secret: str | None) -> Client:
-    if secret:
-        return Client(base_url, account, secret)
-    # The operator runs this next to the database: a token made there needs no secret.
-    with database(write=True) as conn:
-        issued = auth.operator_token(
-            conn, client_id=account, now=now(), lifetime=OPERATOR_TOKEN_SECONDS
-        )
-    return Client.from_token(base_url, issued.access_token)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _table(answer: Stats, *, unique: bool) -> Table:

@@ -5,7 +5,7 @@ billable PMP messages, CBP conversations) and `count_all` for a full recount, `c
 attribution of a unit's UTC time to a month or day in the account's time zone.
 """
 
-from wastats.counting.calendar import day_of, mmyyyy, month_bounds, month_of, parse_mmyyyy
+from wastats.counting.calendar import UnknownZone, day_of, load_zone, month_bounds, month_of
 from wastats.counting.model import (
     PMP_START,
     RULES_VERSION,
@@ -32,6 +32,7 @@ __all__ = [
     "RULES_VERSION",
     "SESSION_SECONDS",
     "UNCLASSIFIED",
+    "UnknownZone",
     "Bucket",
     "CountedUnit",
     "Era",
@@ -41,12 +42,11 @@ __all__ = [
     "count_all",
     "day_of",
     "incoming_sessions",
+    "load_zone",
     "message_conversation_ids",
     "message_era",
     "message_unit",
-    "mmyyyy",
     "month_bounds",
     "month_of",
-    "parse_mmyyyy",
     "user_country",
 ]

@@ -1,19 +1,38 @@
 """Month and day attribution in an account's IANA time zone.
 
 Units store UTC Unix seconds; which month (or day) they count in depends on the account's zone
-(spec: "Month"), so attribution happens here and nowhere else. Months are `int`s `YYYYMM`
-(202502) inside wastats and `mmyyyy` strings ("022025") only in the compatible API.
+(spec: "Month"), so attribution happens here and nowhere else, from the zone `load_zone` gives
+for a stored zone name. Months are `int`s `YYYYMM` (202502) everywhere inside wastats; how an API
+writes them (the compatible API's `mmyyyy`) is the API's business (`wastats.api.partners`).
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["day_of", "month_bounds", "month_of", "mmyyyy", "parse_mmyyyy"]
+__all__ = ["UnknownZone", "day_of", "load_zone", "month_bounds", "month_of"]
 
 MIN_YEAR = 1970
 MAX_YEAR = 9999
+
+
+class UnknownZone(ValueError):
+    """A name that is not an IANA time zone; the message names it, fit to show a user."""
+
+
+def load_zone(name: str) -> ZoneInfo:
+    """The IANA zone called `name` (`UnknownZone` if there is none).
+
+    Here rather than with accounts: every reader of stored counts (the pipeline, recount,
+    the statistics) needs an account's zone to place a unit in its month, and only places
+    that take a zone from a user turn the error into their own (`domain.accounts.load_zone`)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise UnknownZone(
+            f"unknown time zone {name!r}: use an IANA name such as UTC or Asia/Jerusalem"
+        ) from None
 
 
 def month_of(ts: int, zone: ZoneInfo) -> int:
@@ -59,20 +78,3 @@ def month_bounds(month: int, zone: ZoneInfo) -> tuple[int, int]:
     else:
         end = _month_start(year, mm + 1, zone)
     return start, end
-
-
-def mmyyyy(month: int) -> str:
-    """`YYYYMM` → the compatible API's `mmyyyy` (202502 → "022025")."""
-    year, mm = _split(month)
-    return f"{mm:02d}{year:04d}"
-
-
-def parse_mmyyyy(text: str) -> int | None:
-    """`mmyyyy` → `YYYYMM`, or None unless `text` is exactly six ASCII digits with month 01–12 and
-    year 1970–9999 (no signs, spaces or non-ASCII digits, which `int()` would accept)."""
-    if len(text) != 6 or not text.isascii() or not text.isdigit():
-        return None
-    mm, year = int(text[:2]), int(text[2:])
-    if not (1 <= mm <= 12 and MIN_YEAR <= year <= MAX_YEAR):
-        return None
-    return year * 100 + mm

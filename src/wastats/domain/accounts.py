@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
+from wastats.counting import calendar
 from wastats.domain.errors import InvalidInput, NotFound
 from wastats.store import accounts as repo
 from wastats.store.accounts import AccountRow
@@ -32,13 +33,12 @@ def hash_secret(secret: str) -> str:
 
 
 def load_zone(name: str) -> ZoneInfo:
-    """The IANA zone called `name`, or InvalidInput with a message naming it."""
+    """A zone named by a user (a new account's, a query's `tz`): the calendar's zone, or
+    InvalidInput with a message naming it. Stored zones are read with `calendar.load_zone`."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise InvalidInput(
-            f"unknown time zone {name!r}: use an IANA name such as UTC or Asia/Jerusalem"
-        ) from None
+        return calendar.load_zone(name)
+    except calendar.UnknownZone as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 MAX_NAME = 200

@@ -207,8 +207,8 @@ def _merge(
         row = by_key.get(key)
         if row is None:
             period = final_by_label[key[0]]
-            template = {"period": period.label, "start": period.iso(period.start),
-                        "end": period.iso(period.end),
+            template = {"period": period.label, "start": period.local_start.isoformat(),
+                        "end": period.local_end.isoformat(),
                         "final": period.end <= now - FINAL_AFTER_SECONDS}  # fmt: skip
             values = dict(zip(q.group_by, key[1:], strict=True))
             for group in q.group_by:

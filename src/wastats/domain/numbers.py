@@ -6,7 +6,8 @@ import re
 
 from sqlalchemy import Connection
 
-from wastats.domain.accounts import check_name, get_account, load_zone
+from wastats.counting.calendar import load_zone
+from wastats.domain.accounts import check_name, get_account
 from wastats.domain.errors import Conflict, InvalidInput, NotFound
 from wastats.domain.phone import normalise_whatsapp
 from wastats.store import counts as counts_repo

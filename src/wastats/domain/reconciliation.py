@@ -244,8 +244,8 @@ class Answer:
 def row_dict(r: Row) -> dict[str, object]:
     return {
         "period": r.period.label,
-        "start": r.period.iso(r.period.start),
-        "end": r.period.iso(r.period.end),
+        "start": r.period.local_start.isoformat(),
+        "end": r.period.local_end.isoformat(),
         "number": r.number,
         "category": r.category,
         "pricing_type": r.pricing_type,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from wastats.counting.calendar import mmyyyy, month_of
-from wastats.domain.accounts import load_zone
+from wastats.counting.calendar import load_zone, month_of
+from wastats.counting.model import Bucket
 from wastats.store import counts as counts_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
@@ -25,22 +25,13 @@ class MonthCounts:
     def total(self) -> int:
         return self.marketing + self.service + self.incoming
 
-    def as_partners_item(self) -> dict[str, object]:
-        return {
-            "monthYear": mmyyyy(self.month),
-            "totalConversations": self.total,
-            "totalMarketing": self.marketing,
-            "totalService": self.service,
-            "totalIncoming": self.incoming,
-        }
-
 
 def _counts(month: int, buckets: dict[str, int]) -> MonthCounts:
     return MonthCounts(
         month=month,
-        marketing=buckets.get("marketing", 0),
-        service=buckets.get("service", 0),
-        incoming=buckets.get("incoming", 0),
+        marketing=buckets.get(Bucket.MARKETING, 0),
+        service=buckets.get(Bucket.SERVICE, 0),
+        incoming=buckets.get(Bucket.INCOMING, 0),
     )
 
 
@@ -65,7 +56,12 @@ def monthly_statistics(
 
 
 def account_numbers(conn: Connection, account: AccountRow) -> list[NumberRow]:
+    """The account's numbers, in registration order."""
     return numbers_repo.list_numbers(conn, account.id)
+
+
+def count_numbers(conn: Connection, account: AccountRow) -> int:
+    return numbers_repo.count_numbers(conn, account.id)
 
 
 def number_of_account(conn: Connection, account: AccountRow, whatsapp: str) -> NumberRow | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import phonenumbers
 
+from wastats.sealing import BodySealer
 from wastats.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,3 +138,14 @@ def _read_or_create(path: Path) -> bytes:
         handle.write(key + b"\n")
     log.warning("generated a new secret key in %s: back it up with the database", path)
     return key
+
+
+def load_body_sealer(settings: Settings) -> BodySealer:
+    """The sealer of this deployment: `WASTATS_BODY_KEYS` (comma-separated, the first seals),
+    else the customer-hashing secret (which then keys both, through different HKDF infos)."""
+    if settings.body_keys is not None:
+        given = [k.strip() for k in settings.body_keys.get_secret_value().split(",")]
+        secrets = [k.encode("utf-8") for k in given if k]
+        if secrets:
+            return BodySealer(secrets)
+    return BodySealer([load_secret_key(settings)])

@@ -44,8 +44,7 @@ from wastats.store import inbox as inbox_repo
 from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store import units as units_repo
-from wastats.store.facts import InboundFact, InboundTimes
-from wastats.store.sql import Pair
+from wastats.store.facts import InboundFact, InboundTimes, Pair
 from wastats.whatsapp.events import InboundMessage, ParseResult, StatusUpdate
 from wastats.whatsapp.payload import parse_webhook
 

@@ -8,17 +8,18 @@ after a rules change (a new version of the counting rules) this is how history i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
 from wastats.counting import rules
-from wastats.domain.accounts import load_zone
+from wastats.counting.calendar import load_zone
 from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
 from wastats.store import locks as locks_repo
 from wastats.store import numbers as numbers_repo
 from wastats.store import units as units_repo
+from wastats.store.db import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +85,40 @@ def numbers_to_recount(conn: Connection, account_id: int | None) -> list[str]:
     if account_id is None:
         return facts_repo.known_numbers(conn)
     return [n.phone_number_id for n in numbers_repo.list_numbers(conn, account_id)]
+
+
+@dataclass
+class RecountReport:
+    numbers: list[NumberRecount] = field(default_factory=list)
+    account_rows_differing: int = 0
+    """Account rollup rows that differed from the sum of their numbers' rollups."""
+
+    @property
+    def numbers_differing(self) -> int:
+        return sum(1 for n in self.numbers if n.differs)
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.numbers_differing or self.account_rows_differing)
+
+
+def recount(
+    db: Database,
+    numbers: list[str],
+    *,
+    repair: bool,
+) -> RecountReport:
+    """Recount `numbers` (`numbers_to_recount`), then the account rollups, repairing any
+    difference unless `repair` is false.
+
+    One transaction per number, so a long recount holds the counting lock only briefly at a
+    time and a live service keeps counting between numbers; the account-wide sums come last,
+    once the numbers' own rollups are right."""
+    report = RecountReport()
+    for number in numbers:
+        with db.write() as conn:
+            result = recount_number(conn, number, repair=repair)
+        report.numbers.append(result)
+    with db.write() as conn:
+        report.account_rows_differing = counts_repo.rebuild_account_rollups(conn, repair=repair)
+    return report

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -14,9 +13,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.store import meta as repo
-
-if TYPE_CHECKING:
-    from wastats.api.context import AppContext
+from wastats.store.db import Database
 
 log = logging.getLogger("wastats.meta")
 
@@ -45,12 +42,12 @@ def health(conn: Connection) -> list[dict[str, object]]:
 class MetaSyncCollector(Collector):
     """Read at scrape time from the database (every process sees every WABA's state)."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with self.ctx.db.read() as conn:
+            with self.db.read() as conn:
                 states = repo.list_states(conn)
         except SQLAlchemyError:
             log.warning("metrics: could not read the Meta sync state")

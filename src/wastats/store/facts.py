@@ -26,7 +26,8 @@ from wastats.store.schema import (
     message_facts,
     user_links,
 )
-from wastats.store.sql import Pair, fetch_by_pairs, insert_for, insert_ignore_sql, placeholder
+from wastats.store.sql import Pair as Pair  # re-exported: the pipeline's keys, without store.sql
+from wastats.store.sql import fetch_by_pairs, insert_for, insert_ignore_sql, placeholder
 
 
 class InboundFact(NamedTuple):

@@ -349,3 +349,14 @@ def held_bodies(conn: Connection) -> tuple[int, int | None]:
         select(func.count(), func.min(inbox.c.received_at)).where(inbox.c.body.is_not(None))
     ).one()
     return int(count), None if oldest is None else int(oldest)
+
+
+def oldest_pending_received_at(conn: Connection) -> int | None:
+    """`received_at` of the first pending body, by id (arrival order): the ingest lag.
+
+    The same access path as the ingestion sweep (`pending_ids`): the `state` index in id
+    order, one row read, however many bodies are waiting."""
+    row = conn.execute(
+        select(inbox.c.received_at).where(inbox.c.state == PENDING).order_by(inbox.c.id).limit(1)
+    ).first()
+    return None if row is None else int(row[0])
