@@ -17,13 +17,13 @@ from conftest import FakeClock, make_settings
 from helpers import add_number, bearer, create_tenant, get_token
 from wastats.api.limits import RequestLimiter
 from wastats.app import create_app
-from wastats.counting.calendar import month_of
+from wastats.counting.model import Bucket, CountedUnit, UnitKind
 from wastats.domain.accounts import load_zone
 from wastats.domain.csvsafe import FORMULA_PREFIXES, csv_line, safe_cell
 from wastats.settings import Settings
 from wastats.store import counts as counts_repo
+from wastats.store import units as units_repo
 from wastats.store.db import Database
-from wastats.store.schema import counted_units
 from webhooks import at, deliver, status
 
 STATS = "/v1/stats"
@@ -33,24 +33,25 @@ _ids = itertools.count(1)
 
 def seed(settings: Settings, pnid: str, units: list[tuple[int, str, str | None]]) -> None:
     """Counted units (UTC time, category, country) in the incoming bucket, with their rollups,
-    through the storage layer as the pipeline writes them (categories and countries come from
-    webhooks: any string)."""
+    through the units repository as the pipeline writes them (categories and countries come
+    from webhooks: any string)."""
     db = Database(settings.database_url)
     try:
         with db.write() as conn:
             zone = load_zone("UTC")
-            deltas: Counter[counts_repo.RollupKey] = Counter()
-            rows = []
+            seeded = []
             for ts, category, country in units:
-                rows.append(
-                    {"phone_number_id": pnid, "unit_key": f"L:{next(_ids)}", "kind": "test",
-                     "ts": ts, "bucket": "incoming", "category": category,
-                     "pricing_type": "regular", "era": None, "user_key": f"u{ts}",
-                     "country": country}
+                n = next(_ids)
+                unit = CountedUnit(
+                    unit_key=f"I:limits-{n}:{ts}", kind=UnitKind.INCOMING_SESSION, timestamp=ts,
+                    bucket=Bucket.INCOMING, category=category, pricing_type="regular", era=None,
+                    user_key=f"u{ts}", country=country,
                 )  # fmt: skip
-                deltas[(pnid, month_of(ts, zone), "incoming", category, "regular")] += 1
-            conn.execute(counted_units.insert(), rows)
-            counts_repo.apply_deltas(conn, deltas)
+                seeded.append((pnid, unit))
+            units_repo.write(conn, seeded, [])
+            counts_repo.apply_deltas(
+                conn, Counter(counts_repo.rollup_key(p, unit, zone) for p, unit in seeded)
+            )
     finally:
         db.dispose()
 
