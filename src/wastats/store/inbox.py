@@ -124,6 +124,15 @@ def keep_bodies(conn: Connection, bodies: dict[int, bytes]) -> None:
         )
 
 
+def set_reasons(conn: Connection, reasons: dict[int, str]) -> None:
+    """Replace the reasons of some rows (an import adds where each rejected line came from)."""
+    if reasons:
+        conn.execute(
+            update(inbox).where(inbox.c.id == bindparam("row_id")).values(reason=bindparam("why")),
+            [{"row_id": id_, "why": _printable(why)} for id_, why in sorted(reasons.items())],
+        )
+
+
 def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: int) -> None:
     if not outcomes:
         return
