@@ -40,14 +40,17 @@ events_app = typer.Typer(help="Stored webhook bodies: rejected ones, replay.", n
 
 def _pipeline_and_db() -> tuple[Pipeline, Database]:
     s = settings()
-    # The database first: where there is none, no key file must be made beside it either.
-    db = open_database(migrate=True)
+    # On SQLite without a configured key, the key is a file made beside the database: check the
+    # database is there first, so a mistyped directory gets neither. Otherwise loading the key
+    # makes nothing, and a missing one is the first thing to say.
+    db = open_database(migrate=True) if s.is_sqlite and s.secret_key is None else None
     try:
         hasher = CustomerHasher(load_secret_key(s))
     except SecretKeyMissing as exc:
-        db.dispose()
+        if db is not None:
+            db.dispose()
         fail(str(exc))
-    return Pipeline(hasher), db
+    return Pipeline(hasher), db or open_database(migrate=True)
 
 
 def import_command(
@@ -211,9 +214,7 @@ def recount_command(
         console.print(f"[bold red]Account rollups: {plural(account_rows_off, 'row')} differed.[/]")
     if differing or account_rows_off:
         what = "found" if dry_run else "found and repaired"
-        console.print(
-            f"[bold red]Differences {what} on {differing} of {plural(len(numbers), 'number')}.[/]"
-        )
+        console.print(f"[bold red]Differences {what} on {differing} of {len(numbers)} numbers.[/]")
         raise typer.Exit(1)
     console.print(f"[green]No difference: {plural(len(numbers), 'number')} recounted.[/]")
 
