@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from conftest import drop_postgres_database
+from conftest import SECRET_KEY, drop_postgres_database
 from pgcluster import PostgresCluster
 from procs import WASTATS, Server
 from wastats.cli import app
@@ -263,8 +263,9 @@ def test_no_database_is_an_error_that_says_where_and_creates_nothing(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # the default URL, sqlite:///wastats.db, is relative to it
-    monkeypatch.delenv("WASTATS_DATABASE_URL", raising=False)
-    result = runner.invoke(app, command, env={"WASTATS_SECRET_KEY": ""})
+    for name in ("WASTATS_DATABASE_URL", "WASTATS_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, command)
     assert result.exit_code == 1, result.output
     message = " ".join(result.stderr.split())
     assert message.startswith("error: there is no wastats database here"), message
@@ -291,6 +292,14 @@ def test_an_unreachable_database_is_named_with_its_password_hidden() -> None:
     assert "s3cr3t" not in err
 
 
+def test_a_file_that_is_no_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    code, _, err = run(f"sqlite:///{tmp_path / 'notes.db'}", "accounts", "list")
+    assert code == 1
+    assert "file is not a database" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.postgres
 def test_an_empty_postgres_database_is_not_a_wastats_database(pg_cluster: PostgresCluster) -> None:
     name = f"empty_{uuid.uuid4().hex[:12]}"
@@ -310,7 +319,9 @@ def test_an_empty_postgres_database_is_not_a_wastats_database(pg_cluster: Postgr
 
 
 def _import(database_url: str, *args: str) -> tuple[int, str, str]:
-    return run(database_url, "import", "--serial", *args)
+    env = {"WASTATS_DATABASE_URL": database_url, "WASTATS_SECRET_KEY": SECRET_KEY}
+    result = runner.invoke(app, ["import", "--serial", *args], env=env)
+    return result.exit_code, result.stdout, result.stderr
 
 
 GOOD = '{"object": "whatsapp_business_account", "entry": []}'

@@ -255,6 +255,10 @@ def _statistics(http: httpx.Client, token: str) -> dict[str, Any]:
     return dict(answer.json())
 
 
+def _restarts(stack: Stack) -> int:
+    return int(json.loads(podman("inspect", stack.container("wastats")).stdout)[0]["RestartCount"])
+
+
 def _counted(http: httpx.Client, processed: int) -> Callable[[], bool]:
     def check() -> bool:
         inbox = http.get("/healthz").json()["inbox"]
@@ -299,7 +303,10 @@ def test_walkthrough_on_postgres_survives_a_database_restart(stack: Stack) -> No
         march = [item for item in before["list"] if item["monthYear"] == "032025"]
         assert [m["totalIncoming"] for m in march] == [1], before
 
-        # PostgreSQL restarts under the running service.
+        # PostgreSQL restarts under the running service. (The service may have been restarted
+        # once already, at the start: podman-compose 1.0 does not wait for the database's
+        # health before starting it, and `serve` exits when it cannot reach it.)
+        restarts = _restarts(stack)
         restarted = podman("restart", stack.container("db"), timeout=120.0)
         assert restarted.returncode == 0, restarted.stderr
         _poll(stack, "PostgreSQL healthy again", lambda: _healthy(stack, "db"), 120.0, "db")
@@ -310,8 +317,7 @@ def test_walkthrough_on_postgres_survives_a_database_restart(stack: Stack) -> No
         listed = stack.wastats("accounts", "list", "--json")
         assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["Shop"]
         # ... and the service recovered by itself (not restarted): it takes and counts more.
-        state = json.loads(podman("inspect", stack.container("wastats")).stdout)[0]
-        assert state["RestartCount"] == 0, stack.logs("wastats")
+        assert _restarts(stack) == restarts, stack.logs("wastats")
         assert _post(http, inbound("972528888888", at("2025-03-11 12:00"))) == 200
         _poll(stack, "the second webhook counted", _counted(http, 2), 60.0, "wastats")
         after = _statistics(http, token)

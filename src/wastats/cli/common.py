@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from wastats.domain.errors import DomainError, InvalidInput
@@ -57,7 +57,7 @@ def first_line(error: BaseException | None) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def unreachable(url: str, exc: OperationalError) -> NoReturn:
+def unreachable(url: str, exc: DatabaseError) -> NoReturn:
     fail(
         f"cannot reach the database at {shown_url(url)}: {first_line(exc.orig)} "
         "(is WASTATS_DATABASE_URL right?)"
@@ -103,7 +103,7 @@ def open_database(*, migrate: bool = False) -> Database:
     except SchemaOutOfDate as exc:
         db.dispose()
         fail(str(exc))
-    except OperationalError as exc:
+    except DatabaseError as exc:  # unreachable, or not a database at all ("file is not a database")
         db.dispose()
         unreachable(s.database_url, exc)
     except BaseException:

@@ -46,10 +46,10 @@ def _pipeline_and_db() -> tuple[Pipeline, Database]:
     db = open_database(migrate=True) if s.is_sqlite and s.secret_key is None else None
     try:
         hasher = CustomerHasher(load_secret_key(s))
-    except SecretKeyMissing as exc:
+    except (SecretKeyMissing, ValueError) as exc:  # ValueError: a key too short to be one
         if db is not None:
             db.dispose()
-        fail(str(exc))
+        fail(str(exc) if isinstance(exc, SecretKeyMissing) else f"WASTATS_SECRET_KEY: {exc}")
     return Pipeline(hasher), db or open_database(migrate=True)
 
 
@@ -188,6 +188,8 @@ def recount_command(
     db = open_database()
     table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
                   "rollup rows off")  # fmt: skip
+    table.columns[0].no_wrap = True  # an id: never cut, the counts' columns give way
+    table.columns[0].min_width = len("phone_number_id")
     differing = 0
     try:
         for number in numbers:
