@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -427,10 +428,9 @@ def test_tables_never_cut_an_id(database_url: str) -> None:
     assert "┃" in _cli(database_url, 80, "accounts", "list").stdout
 
 
-def test_serve_warns_of_several_workers_on_sqlite(database_url: str, tmp_path: Path) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the warning is about SQLite")
-    server = Server(database_url, tmp_path, workers=2)
+def test_serve_warns_of_several_workers_on_sqlite(sqlite_template: Path, tmp_path: Path) -> None:
+    shutil.copyfile(sqlite_template, tmp_path / "wastats.db")
+    server = Server(f"sqlite:///{tmp_path / 'wastats.db'}", tmp_path, workers=2)
     try:
         server.start()
     finally:
