@@ -329,3 +329,34 @@ def test_walkthrough_on_postgres_survives_a_database_restart(stack: Stack) -> No
                           "--to", "2025-03", "--csv")  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "2025-03" in shown.stdout
+
+
+def test_the_image_alone_keeps_sqlite_and_its_key_in_its_volume(stack: Stack) -> None:
+    """`docker run` of the image without compose: SQLite, created by `serve` in the volume."""
+    name = f"{stack.name}_alone"
+    try:
+        started = podman("run", "-d", "--name", name, "-v", f"{name}:/var/lib/wastats",
+                         "-e", f"WASTATS_META_APP_SECRET={APP_SECRET}", stack.image)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+
+        def healthy() -> bool:
+            check = podman("healthcheck", "run", name, timeout=30.0)
+            assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == (
+                "true"
+            ), podman("logs", name).stderr[-3000:]
+            return check.returncode == 0
+
+        deadline = time.monotonic() + 120.0
+        while not healthy():
+            assert time.monotonic() < deadline, podman("logs", name).stderr[-3000:]
+        created = podman("exec", name, "wastats", "accounts", "create", "--name", "Solo", "--json")
+        assert created.returncode == 0, created.stderr
+        listing = podman("exec", name, "ls", "-l", "/var/lib/wastats")
+        assert "wastats.db" in listing.stdout, listing.stdout
+        assert "wastats.secret" in listing.stdout, listing.stdout
+        assert all("wastats wastats" in line for line in listing.stdout.splitlines()[1:]), (
+            listing.stdout
+        )
+    finally:
+        podman("rm", "-f", "-i", name)
+        podman("volume", "rm", "-f", name)
