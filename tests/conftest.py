@@ -5,6 +5,7 @@ once on a new SQLite file and once on a new PostgreSQL database in a throwaway c
 from the installed binaries. Both are copies of a template migrated once per session, so a fresh
 database costs milliseconds. Without PostgreSQL binaries the PostgreSQL half skips with the
 reason, unless WASTATS_REQUIRE_POSTGRES=1 (set by .ci/run), which turns the skip into a failure.
+WASTATS_REQUIRE_PODMAN=1 does the same for the container tests (tests/test_container.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from wastats.settings import Settings
 from wastats.store.migrate import upgrade
 
 REQUIRE_POSTGRES = os.environ.get("WASTATS_REQUIRE_POSTGRES") == "1"
+REQUIRE_PODMAN = os.environ.get("WASTATS_REQUIRE_PODMAN") == "1"
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "webhooks"
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from wastats.cli.common import console, database, now
+from wastats.cli.common import console, database, now, plural, print_table
 from wastats.domain import accounts as service
+from wastats.domain import numbers as numbers_service
 
 app = typer.Typer(help="Create, list, rotate and delete accounts (tenants).", no_args_is_help=True)
 
@@ -36,9 +36,14 @@ def _show_credentials(creds: service.NewCredentials, as_json: bool, title: str) 
 
 @app.command("create")
 def create(
-    name: Annotated[str, typer.Option(help="Name of the account (a customer, a business).")],
+    name: Annotated[
+        str, typer.Option(metavar="NAME", help="Name of the account (a customer, a business).")
+    ],
     timezone: Annotated[
-        str, typer.Option(help="IANA time zone that decides which month a count belongs to.")
+        str,
+        typer.Option(
+            metavar="ZONE", help="IANA time zone that decides which month a count belongs to."
+        ),
     ] = "UTC",
     as_json: Annotated[
         bool,
@@ -72,16 +77,22 @@ def list_(
                 )
             )
         return
-    table = Table("client_id", "name", "timezone", "numbers", "created")
-    for account, numbers in rows:
-        created = datetime.fromtimestamp(account.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-        table.add_row(account.client_id, account.name, account.timezone, str(numbers), created)
-    console.print(table)
+    table = [
+        [
+            account.client_id,
+            account.name,
+            account.timezone,
+            str(numbers),
+            datetime.fromtimestamp(account.created_at, UTC).strftime("%Y-%m-%d %H:%M"),
+        ]
+        for account, numbers in rows
+    ]
+    print_table(["client_id", "name", "timezone", "numbers", "created"], table, ids=["client_id"])
 
 
 @app.command("rotate-secret")
 def rotate_secret(
-    client_id: Annotated[str, typer.Argument(help="The account's client_id.")],
+    client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID", help="The account's client_id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Give an account a new client_secret; the old one and its tokens stop working."""
@@ -92,14 +103,25 @@ def rotate_secret(
 
 @app.command("delete")
 def delete(
-    client_id: Annotated[str, typer.Argument(help="The account's client_id.")],
+    client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID", help="The account's client_id.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete an account, its tokens and its number registrations.
 
     The numbers' webhook history stays: registering a number again brings its counts back."""
     if not yes:
-        typer.confirm(f"Delete account {client_id}?", abort=True)
+        # Named before the question: a client_id alone does not say which customer goes.
+        with database(write=False) as conn:
+            account = service.get_account(conn, client_id)
+            numbers = numbers_service.list_numbers(conn, client_id)
+        registered = ", ".join(n.whatsapp for n in numbers)
+        typer.confirm(
+            f"Delete account {account.name!r} ({client_id}) and its "
+            f"{plural(len(numbers), 'number registration')}"
+            + (f" ({registered})" if numbers else "")
+            + "?",
+            abort=True,
+        )
     with database(write=True) as conn:
         account = service.delete_account(conn, client_id)
     console.print(f"Deleted account {account.name!r} ({client_id}).", highlight=False)

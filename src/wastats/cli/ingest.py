@@ -14,7 +14,18 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
-from wastats.cli.common import console, database, fail, now, open_database, settings
+from wastats.cli.common import (
+    console,
+    database,
+    errors,
+    fail,
+    now,
+    open_database,
+    plural,
+    print_table,
+    settings,
+    unreachable,
+)
 from wastats.domain.accounts import get_account
 from wastats.ingest.identity import (
     CustomerHasher,
@@ -36,12 +47,18 @@ events_app = typer.Typer(
 
 def _pipeline_and_db() -> tuple[Pipeline, BodySealer, Database]:
     s = settings()
+    # On SQLite without a configured key, the key is a file made beside the database: check the
+    # database is there first, so a mistyped directory gets neither. Otherwise loading the key
+    # makes nothing, and a missing one is the first thing to say.
+    db = open_database(migrate=True) if s.is_sqlite and s.secret_key is None else None
     try:
         hasher = CustomerHasher(load_secret_key(s))
         sealer = load_body_sealer(s)
-    except SecretKeyMissing as exc:
-        fail(str(exc))
-    return Pipeline(hasher), sealer, open_database(migrate=True)
+    except (SecretKeyMissing, ValueError) as exc:  # ValueError: a key too short to be one
+        if db is not None:
+            db.dispose()
+        fail(str(exc) if isinstance(exc, SecretKeyMissing) else f"WASTATS_SECRET_KEY: {exc}")
+    return Pipeline(hasher), sealer, db or open_database(migrate=True)
 
 
 def import_command(
@@ -49,12 +66,19 @@ def import_command(
         list[Path],
         typer.Argument(
             help="Files with one webhook body (JSON) per line, or one JSON array of bodies; "
-            ".gz compressed is fine.",
-            exists=True,
-            dir_okay=False,
-            readable=True,
+            ".gz compressed is fine. A file that cannot be read is reported and skipped.",
+            metavar="FILE...",
+            show_default=False,
         ),
     ],
+    allow_rejected: Annotated[
+        bool,
+        typer.Option(
+            "--allow-rejected",
+            help="Exit 0 even if some lines were rejected (they are kept either way, listed "
+            "with their FILE:LINE by `wastats events rejected`).",
+        ),
+    ] = False,
     parallel: Annotated[
         bool,
         typer.Option(
@@ -67,11 +91,24 @@ def import_command(
 ) -> None:
     """Backfill webhook history from files. Idempotent: importing a file twice changes nothing.
 
+    Each rejected line is reported as FILE:LINE with the reason, and the exit status is 1 if any
+    line was rejected (unless --allow-rejected) or any file could not be read.
     No signature is needed: whoever can run this command can write to the database anyway."""
+    unreadable: list[str] = []
+    readable: list[Path] = []
+    for path in files:
+        # Checked here, one by one, so one wrong name does not stop the other files.
+        if not path.exists():
+            unreadable.append(f"{path}: no such file")
+        elif not path.is_file():
+            unreadable.append(f"{path}: not a file")
+        else:
+            readable.append(path)
+    if not readable:
+        fail("; ".join(unreadable))
     pipeline, sealer, db = _pipeline_and_db()
     report = ImportReport()
-    unreadable: list[str] = []
-    total = sum(f.stat().st_size for f in files)
+    total = sum(f.stat().st_size for f in readable)
     try:
         with (
             parsing_process(pipeline) if parallel else nullcontext() as parser,
@@ -86,7 +123,7 @@ def import_command(
             ) as progress,
         ):
             task = progress.add_task("importing", total=total, events=0)
-            for path in files:
+            for path in readable:
                 progress.update(task, description=path.name)
 
                 def advance(n: int) -> None:
@@ -103,10 +140,12 @@ def import_command(
                         parser=parser, sealer=sealer,
                     )  # fmt: skip
                 except ImportFileError as exc:
-                    unreadable.append(f"{path.name}: {exc}")  # the other files are still imported
+                    unreadable.append(f"{path}: {exc}")  # the other files are still imported
+                except OSError as exc:  # unreadable (permissions, a disk error)
+                    unreadable.append(f"{path}: {exc.strerror or exc}")
                 advance(0)  # the bar advances as bytes are read: the last chunk counts after
     except OperationalError as exc:
-        fail(f"database error: {exc.orig}")
+        unreachable(db.url, exc)
     except BrokenProcessPool:
         # Everything committed so far stays (and counts); importing the file again finishes it.
         fail(
@@ -117,20 +156,32 @@ def import_command(
         db.dispose()
     counted = report.counted
     assert counted is not None
+    for line in report.rejected_lines:
+        errors.print(f"[yellow]rejected:[/] {line}", highlight=False, soft_wrap=True)
+    if counted.rejected > len(report.rejected_lines):
+        errors.print(f"... and {counted.rejected - len(report.rejected_lines)} more rejected")
     console.print(
-        f"Read {report.lines} bodies: {report.new_bodies} new, {report.duplicates} already "
-        f"stored; counted {counted.statuses} status updates and {counted.inbound} incoming "
-        f"messages; {counted.rejected} bodies rejected (see `wastats events rejected`).",
+        f"Read {plural(report.lines, 'body', 'bodies')}: {report.new_bodies} new, "
+        f"{report.duplicates} already stored; counted "
+        f"{plural(counted.statuses, 'status update')} and "
+        f"{plural(counted.inbound, 'incoming message')}; "
+        f"{plural(counted.rejected, 'body', 'bodies')} rejected"
+        + (" (kept: see `wastats events rejected`)." if counted.rejected else "."),
         highlight=False,
         soft_wrap=True,
     )
     if unreadable:
         fail("; ".join(unreadable))
+    if counted.rejected and not allow_rejected:
+        fail(
+            f"{plural(counted.rejected, 'line was', 'lines were')} rejected (listed above); "
+            "fix and import them again, or pass --allow-rejected to accept that"
+        )
 
 
 def recount_command(
     account: Annotated[
-        str | None, typer.Option(help="Only this account's numbers (client_id).")
+        str | None, typer.Option(metavar="CLIENT_ID", help="Only this account's numbers.")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only report differences; change nothing.")
@@ -149,6 +200,8 @@ def recount_command(
         db.dispose()
     table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
                   "rollup rows off")  # fmt: skip
+    table.columns[0].no_wrap = True  # an id: never cut, the counts' columns give way
+    table.columns[0].min_width = len("phone_number_id")
     for result in report.numbers:
         table.add_row(
             result.phone_number_id,
@@ -162,7 +215,8 @@ def recount_command(
     console.print(table)
     if report.account_rows_differing:
         console.print(
-            f"[bold red]Account rollups: {report.account_rows_differing} rows differed.[/]"
+            f"[bold red]Account rollups: {plural(report.account_rows_differing, 'row')} "
+            "differed.[/]"
         )
     if report.differs:
         what = "found" if dry_run else "found and repaired"
@@ -171,12 +225,14 @@ def recount_command(
             "numbers.[/]"
         )
         raise typer.Exit(1)
-    console.print(f"[green]No difference: {len(numbers)} numbers recounted.[/]")
+    console.print(f"[green]No difference: {plural(len(numbers), 'number')} recounted.[/]")
 
 
 @events_app.command("rejected")
 def rejected(
-    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="Show at most this many, newest first.")
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Bodies that were signed but not (fully) understood, with the reason.
@@ -190,18 +246,20 @@ def rejected(
                     "events": r.events, "reason": r.reason, "bytes": r.size}  # fmt: skip
             typer.echo(json.dumps(item))
         return
-    table = Table("id", "received (UTC)", "source", "events", "reason")
+    table: list[list[str]] = []
     for r in rows:
         received = datetime.fromtimestamp(r.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(r.id), received, r.source, str(r.events), r.reason or "")
-    console.print(table)
-    console.print(f"{len(rows)} rejected bodies shown.")
+        table.append([str(r.id), received, r.source, str(r.events), r.reason or ""])
+    # An imported body's reason starts with its FILE:LINE (see ingest/importer.py).
+    print_table(["id", "received (UTC)", "source", "events", "reason"], table, ids=["id"])
+    console.print(f"{plural(len(rows), 'rejected body', 'rejected bodies')} shown.")
 
 
 @events_app.command("replay")
 def replay(
     ids: Annotated[
-        list[int] | None, typer.Argument(help="Inbox ids to replay (default: every rejected one).")
+        list[int] | None,
+        typer.Argument(metavar="ID...", help="Inbox ids to replay (default: every rejected one)."),
     ] = None,
 ) -> None:
     """Parse and count stored rejected bodies again (after an upgrade that understands them).
@@ -224,7 +282,7 @@ def replay(
     finally:
         db.dispose()
     console.print(
-        f"Replayed {processed} bodies: {processed - still_rejected} now understood, "
-        f"{still_rejected} still rejected.",
+        f"Replayed {plural(processed, 'body', 'bodies')}: {processed - still_rejected} now "
+        f"understood, {still_rejected} still rejected.",
         highlight=False,
     )

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
 from wastats.cli import accounts, db, ingest, meta, numbers, security, stats
-from wastats.cli.common import console, fail, settings
+from wastats.cli.common import ReadableGroup, console, errors, fail, settings, unreachable
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
 from wastats.logs import configure_logging
 from wastats.store import migrate
@@ -22,6 +22,7 @@ app = typer.Typer(
     "(see docs/configuration.md).",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    cls=ReadableGroup,  # readable metavars everywhere, commands in working order
 )
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(numbers.app, name="numbers")
@@ -58,15 +59,37 @@ def root(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    # Also read from WASTATS_* variables, so a container is configured by its environment alone.
+    host: Annotated[
+        str, typer.Option(envvar="WASTATS_HOST", metavar="ADDRESS", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            envvar="WASTATS_PORT", metavar="PORT", help="Port to listen on.", min=1, max=65535
+        ),
+    ] = 8000,
     workers: Annotated[
         int,
-        typer.Option(help="Worker processes (stateless; use PostgreSQL for more than one).", min=1),
+        typer.Option(
+            envvar="WASTATS_WORKERS",
+            metavar="N",
+            help="Worker processes (stateless; use PostgreSQL for more than one).",
+            min=1,
+        ),
     ] = 1,
 ) -> None:
     """Run the HTTP service. Creates or migrates the database first."""
     s = settings()
+    if workers > 1 and s.is_sqlite:
+        # Allowed (it works), but it is not what the operator wants: one file, one writer.
+        errors.print(
+            f"[yellow]warning:[/] {workers} workers on SQLite: the database file takes one "
+            "writer at a time, so more processes add waiting, not speed. Use PostgreSQL for more "
+            "than one worker (docs/deployment.md).",
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         # Checked here so a missing key is one line at start, not an error in every worker.
         load_secret_key(s)
@@ -75,7 +98,7 @@ def serve(
     try:
         before, after = migrate.upgrade(s.database_url)
     except OperationalError as exc:
-        fail(f"cannot reach the database: {exc.orig}")
+        unreachable(s.database_url, exc)
     if before != after:
         console.print(f"Database schema: {before or 'empty'} → {after}")
     console.print(f"wastats {__version__} on http://{host}:{port} (docs at /docs)")

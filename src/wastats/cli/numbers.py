@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from wastats.cli.common import console, database, now
+from wastats.cli.common import console, database, meta_id, now, print_table
 from wastats.domain import numbers as service
 
 app = typer.Typer(help="Register, list and remove business numbers.", no_args_is_help=True)
@@ -17,16 +16,33 @@ app = typer.Typer(help="Register, list and remove business numbers.", no_args_is
 
 @app.command("add")
 def add(
-    account: Annotated[str, typer.Option(help="client_id of the account the number belongs to.")],
+    account: Annotated[
+        str,
+        typer.Option(metavar="CLIENT_ID", help="client_id of the account the number belongs to."),
+    ],
     whatsapp: Annotated[
-        str, typer.Option(help="The number as shown to customers, e.g. 972501234567 or +972-50-...")
+        str,
+        typer.Option(
+            metavar="NUMBER",
+            help="The number as shown to customers, e.g. 972501234567 or +972-50-...",
+        ),
     ],
     phone_number_id: Annotated[
-        str, typer.Option(help="Meta's phone-number id (webhooks' metadata.phone_number_id).")
+        str,
+        typer.Option(
+            metavar="ID",
+            callback=meta_id,
+            help="Meta's phone-number id, digits (webhooks' metadata.phone_number_id).",
+        ),
     ],
-    waba_id: Annotated[str | None, typer.Option(help="WhatsApp Business Account id.")] = None,
-    display_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
-    business_name: Annotated[str | None, typer.Option(help="Business name.")] = None,
+    waba_id: Annotated[
+        str | None,
+        typer.Option(metavar="ID", callback=meta_id, help="WhatsApp Business Account id, digits."),
+    ] = None,
+    display_name: Annotated[str | None, typer.Option(metavar="TEXT", help="Display name.")] = None,
+    business_name: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Business name.")
+    ] = None,
     coexistence: Annotated[
         bool,
         typer.Option("--coexistence", help="The number is also used in the WhatsApp Business app."),
@@ -53,7 +69,9 @@ def add(
 
 @app.command("list")
 def list_(
-    account: Annotated[str | None, typer.Option(help="Only this account's numbers.")] = None,
+    account: Annotated[
+        str | None, typer.Option(metavar="CLIENT_ID", help="Only this account's numbers.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List registered numbers."""
@@ -75,26 +93,31 @@ def list_(
                 )
             )
         return
-    table = Table(
-        "whatsapp", "phone_number_id", "waba_id", "display name", "business", "coexistence", "added"
-    )
-    for n in rows:
-        added = datetime.fromtimestamp(n.created_at, UTC).strftime("%Y-%m-%d")
-        table.add_row(
+    table = [
+        [
             n.whatsapp,
             n.phone_number_id,
             n.waba_id or "",
             n.display_name or "",
             n.business_name or "",
             "yes" if n.coexistence else "no",
-            added,
-        )
-    console.print(table)
+            datetime.fromtimestamp(n.created_at, UTC).strftime("%Y-%m-%d"),
+        ]
+        for n in rows
+    ]
+    print_table(
+        ["whatsapp", "phone_number_id", "waba_id", "display name", "business", "coexistence",
+         "added"],
+        table,
+        ids=["whatsapp", "phone_number_id", "waba_id"],
+    )  # fmt: skip
 
 
 @app.command("remove")
 def remove(
-    number: Annotated[str, typer.Argument(help="The number's digits or its phone-number id.")],
+    number: Annotated[
+        str, typer.Argument(metavar="NUMBER", help="The number's digits or its phone-number id.")
+    ],
 ) -> None:
     """Unregister a number. Its webhook history is kept; adding it again restores its counts."""
     with database(write=True) as conn:

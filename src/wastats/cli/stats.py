@@ -103,6 +103,10 @@ def _table(answer: Stats, *, unique: bool) -> Table:
         show_footer=True,
     )
     table.columns[0].footer = "total"
+    for column in table.columns:
+        if column.header == "number":
+            column.no_wrap = True  # an id: never cut (the other columns give way)
+            column.min_width = max([6] + [len(row.number or "") for row in answer.rows])
     for name, value in _counts(answer.totals, unique=unique):
         table.add_column(name, justify="right", footer=value)
     table.add_column("final")

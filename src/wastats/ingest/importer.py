@@ -65,6 +65,9 @@ class ImportReport:
     new_bodies: int = 0
     duplicates: int = 0
     counted: BatchReport = field(default_factory=BatchReport)
+    rejected_lines: list[str] = field(default_factory=list)
+    """`FILE:LINE: reason` of rejected lines (the first `REJECTED_LISTED`; all are counted in
+    `counted.rejected` and kept, with the same text, for `wastats events rejected`)."""
 
 
 def open_lines(raw: BufferedReader) -> BufferedIOBase:
@@ -98,6 +101,11 @@ class DocumentTooLarge(ImportFileError):
 @dataclass
 class _Damage:
     error: Exception | None = None
+    document: bool = False
+    """The file was one JSON document: a body's place is its element's number, not a line."""
+
+
+REJECTED_LISTED = 100
 
 
 def _blocks(stream: BufferedIOBase, damage: _Damage) -> Iterator[bytes]:
@@ -128,10 +136,12 @@ def _blocks(stream: BufferedIOBase, damage: _Damage) -> Iterator[bytes]:
 
 def _chunks(
     raw: BufferedReader, stream: BufferedIOBase, on_bytes: Callable[[int], None], damage: _Damage
-) -> Iterator[list[bytes]]:
+) -> Iterator[tuple[list[bytes], list[int]]]:
     """The bodies of `stream`, about `CHUNK_BYTES` at a time: its non-empty lines (JSON Lines),
     or, for a file that is one JSON document (an array of bodies, or one body over several
-    lines, as an export or a saved example is often written), the elements of that document.
+    lines, as an export or a saved example is often written), the elements of that document;
+    with each body, its place: its line's number, or its element's (`damage.document`), so a
+    rejected body can be found in the file.
 
     Read in large blocks and split, not line by line: a line is a whole webhook body (up to
     3 MB), and a block read is one system call where line iteration makes several per body.
@@ -154,18 +164,27 @@ def _chunks(
         data = _whole(first, read)
         elements = _elements(data, opening)
         if elements is not None:
+            damage.document = True
             yield from _grouped(elements)
             return
         read, first = iter(()), data  # not a JSON document after all: its lines, as any file
     rest = b""
+    line_number = 0
     for block in itertools.chain([first], read):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
-        chunk = [body for body in (line.strip() for line in lines) if body]
+        chunk: list[bytes] = []
+        places: list[int] = []
+        for number, line in enumerate(lines, line_number + 1):
+            body = line.strip()
+            if body:
+                chunk.append(body)
+                places.append(number)
+        line_number += len(lines)
         if chunk:
-            yield chunk
+            yield chunk, places
     if rest.strip() and damage.error is None:
-        yield [rest.strip()]
+        yield [rest.strip()], [line_number + 1]
 
 
 def _document_opening(block: bytes) -> bytes | None:
@@ -209,17 +228,19 @@ def _elements(data: bytes, opening: bytes) -> list[bytes] | None:
         return None
 
 
-def _grouped(bodies: list[bytes]) -> Iterator[list[bytes]]:
+def _grouped(bodies: list[bytes]) -> Iterator[tuple[list[bytes], list[int]]]:
     chunk: list[bytes] = []
     size = 0
+    start = 1
     for body in bodies:
         chunk.append(body)
         size += len(body)
         if size >= CHUNK_BYTES:
-            yield chunk
+            yield chunk, list(range(start, start + len(chunk)))
+            start += len(chunk)
             chunk, size = [], 0
     if chunk:
-        yield chunk
+        yield chunk, list(range(start, start + len(chunk)))
 
 
 @contextmanager
@@ -338,8 +359,12 @@ def import_file(
     the one before it is being stored; without, everything runs in this process. Lines are
     stored as hashes only, except rejected ones, whose bodies are kept sealed by `sealer` for
     `wastats events replay`."""
-    ahead: deque[tuple[list[bytes], Future[_Chunk]]] = deque()
+    ahead: deque[tuple[list[bytes], list[int], Future[_Chunk]]] = deque()
     damage = _Damage()
+
+    def place(number: int) -> str:
+        return f"{path}, element {number}" if damage.document else f"{path}:{number}"
+
     lines_before = report.lines
     # The collector stays off for the whole file, not just while a chunk is counted: a parsed
     # chunk arrives (is unpickled) on a thread of the executor, while this one works.
@@ -349,17 +374,21 @@ def import_file(
         open_lines(raw) as stream,
         _GroupedWrites(db) as writes,
     ):
-        for lines in _chunks(raw, stream, on_bytes, damage):
+        for lines, places in _chunks(raw, stream, on_bytes, damage):
             if parser is None:
-                _store(writes, pipeline, lines, _prepare(lines, pipeline), now, report, sealer)
+                prepared = _prepare(lines, pipeline)
+                _store(writes, pipeline, lines, prepared, now=now, report=report,
+                       sealer=sealer, places=[place(n) for n in places])  # fmt: skip
                 continue
-            ahead.append((lines, parser.submit(_prepare, lines)))
+            ahead.append((lines, places, parser.submit(_prepare, lines)))
             if len(ahead) > 1:
-                lines, parsed = ahead.popleft()
-                _store(writes, pipeline, lines, parsed.result(), now, report, sealer)
+                lines, places, parsed = ahead.popleft()
+                _store(writes, pipeline, lines, parsed.result(), now=now, report=report,
+                       sealer=sealer, places=[place(n) for n in places])  # fmt: skip
         while ahead:
-            lines, parsed = ahead.popleft()
-            _store(writes, pipeline, lines, parsed.result(), now, report, sealer)
+            lines, places, parsed = ahead.popleft()
+            _store(writes, pipeline, lines, parsed.result(), now=now, report=report,
+                   sealer=sealer, places=[place(n) for n in places])  # fmt: skip
     if damage.error is not None:
         # Raised only now, after the transaction above committed what came before the damage.
         raise DamagedFile(
@@ -377,7 +406,9 @@ def _store(
     now: int,
     report: ImportReport,
     sealer: BodySealer,
+    places: list[str],
 ) -> None:
+    """Store and count one parsed chunk; `places` says where each of its lines is in its file."""
     with _collector_paused():
         conn = writes.connection()
         new = inbox_repo.insert_bodies(
@@ -396,8 +427,32 @@ def _store(
             counted = pipeline.process(conn, todo, now)
         by_id = {new[sha]: lines[i] for sha, i in chunk.distinct.items() if sha in new}
         inbox_repo.keep_bodies(conn, {i: by_id[i] for i in counted.rejected_ids}, sealer)
+        if counted.rejected_ids:
+            _locate_rejected(conn, chunk, new, set(counted.rejected_ids), places, report)
     writes.stored(sum(len(line) for line in lines))
     report.lines += len(lines)
     report.new_bodies += len(new)
     report.duplicates += len(lines) - len(new)
     report.counted.add(counted)
+
+
+def _locate_rejected(
+    conn: Connection,
+    chunk: _Chunk,
+    new: dict[str, int],
+    rejected: set[int],
+    places: list[str],
+    report: ImportReport,
+) -> None:
+    """Prefix the reason of each rejected line with its `FILE:LINE`, in the inbox (for `wastats
+    events rejected`) and in the report (for the import's own output)."""
+    located: dict[int, str] = {}
+    # The parsed outcomes are in the order of `chunk.distinct`, hence the enumerate.
+    for position, (sha, index) in enumerate(chunk.distinct.items()):
+        inbox_id = new.get(sha)
+        if inbox_id in rejected:
+            reason = inbox_repo.redact_reason(chunk.prepared.outcomes[position][1])
+            located[inbox_id] = f"{places[index]}: {reason or 'not understood'}"
+    inbox_repo.set_reasons(conn, located)
+    room = REJECTED_LISTED - len(report.rejected_lines)
+    report.rejected_lines += list(located.values())[: max(room, 0)]

@@ -200,6 +200,19 @@ def keep_bodies(conn: Connection, bodies: dict[int, bytes], sealer: BodySealer) 
     )
 
 
+def set_reasons(conn: Connection, reasons: dict[int, str]) -> None:
+    """Replace the reasons of some rows (an import adds where each rejected line came from).
+    The caller redacts what came from a body (`redact_reason`); the place is the operator's."""
+    if reasons:
+        conn.execute(
+            update(inbox).where(inbox.c.id == bindparam("row_id")).values(reason=bindparam("why")),
+            [
+                {"row_id": id_, "why": why.replace("\x00", "\\x00")[:2000]}
+                for id_, why in sorted(reasons.items())
+            ],
+        )
+
+
 def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: int) -> None:
     if not outcomes:
         return
