@@ -6,7 +6,7 @@ limit, and a quiet end for clients that hang up half-way.
 * **Time**: a client that starts a body must finish it within `WASTATS_BODY_TIMEOUT_SECONDS`,
   else 408 and the connection is closed, so a slow (or malicious) client cannot hold a
   connection and a worker forever (uvicorn itself has no body timeout; header timeouts are the
-  TLS proxy's job: docs/security-limits.md).
+  TLS proxy's job: docs/security.md, "Limits and exposure").
 * **Disconnects**: a client that closes the connection mid-body is not a server error: an
   INFO line and status 499 (nginx's "client closed request") in the access log and metrics,
   not a 500 with a traceback.
