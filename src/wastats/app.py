@@ -28,6 +28,7 @@ from wastats.api.observability import (
 )
 from wastats.api.problems import problem
 from wastats.api.webhooks import whatsapp_webhook
+from wastats.forward.service import Forwarding
 from wastats.ingest.identity import CustomerHasher, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
@@ -43,23 +44,28 @@ WEBHOOK_PATH = "/webhooks/whatsapp"
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
     db = Database(settings.database_url)
+    forwarding = Forwarding(db, settings, clock=clock)  # docs/forwarding.md
     ingest = IngestService(
         db,
         Pipeline(CustomerHasher(load_secret_key(settings))),
         clock=clock,
         retention_days=settings.raw_retention_days,
+        forward=forwarding.queue,
     )
     ctx = AppContext(settings=settings, db=db, clock=clock, ingest=ingest)
+    ctx.extras[Forwarding.KEY] = forwarding
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Refuse to serve on an old schema rather than fail request by request.
         await ctx.run(check_schema_current, db)
+        await ctx.run(forwarding.start)
         ingest.start()
         try:
             yield
         finally:
             await ctx.run(ingest.stop)
+            await ctx.run(forwarding.stop)
             db.dispose()
 
     app = FastAPI(

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
+from wastats.forward.service import forwarding_of
 from wastats.store import inbox as inbox_repo
 
 router = APIRouter(tags=["operations"])
@@ -25,11 +26,15 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 def _check(ctx: AppContext) -> dict[str, Any]:
+    forwarding = forwarding_of(ctx.extras)
     with ctx.db.read() as conn:
         states = inbox_repo.count_by_state(conn)
+        # Forwarding (issue 15): only shown once a destination is set.
+        forward = forwarding.health(conn) if forwarding is not None else None
     running = ctx.ingest is not None and ctx.ingest.running
-    return {
-        "status": "ok" if running else "degraded",
+    healthy = running and (forward is None or forward["status"] == "ok")
+    answer: dict[str, Any] = {
+        "status": "ok" if healthy else "degraded",
         "database": "ok",
         "ingest": "running" if running else "stopped",
         "inbox": {
@@ -38,3 +43,6 @@ def _check(ctx: AppContext) -> dict[str, Any]:
             "processed": states.get(inbox_repo.PROCESSED, 0),
         },
     }
+    if forward is not None:
+        answer["forwarding"] = forward
+    return answer

@@ -9,7 +9,7 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
-from wastats.cli import accounts, db, ingest, numbers, stats
+from wastats.cli import accounts, db, forward, ingest, numbers, stats
 from wastats.cli.common import console, fail, settings
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
 from wastats.logs import configure_logging
@@ -30,6 +30,7 @@ app.add_typer(ingest.events_app, name="events")
 app.command("import")(ingest.import_command)
 app.command("recount")(ingest.recount_command)
 app.command("stats")(stats.stats_command)
+app.add_typer(forward.app, name="forward")
 
 
 def _version(value: bool) -> None:

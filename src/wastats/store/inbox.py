@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, exists, func, select, update
 
-from wastats.store.schema import inbox
+from wastats.store.schema import forward_deliveries, inbox
 from wastats.store.sql import IN_CHUNK, chunks, insert_for
 
 PENDING = "pending"
@@ -204,6 +204,12 @@ def purge_bodies(conn: Connection, received_before: int) -> int:
             inbox.c.received_at < received_before,
             inbox.c.state != PENDING,
             inbox.c.body.is_not(None),
+            # Forwarding (issue 15): a body a destination still waits for (pending, or dead
+            # and kept for `wastats forward replay`) stays, whatever the retention.
+            ~exists().where(
+                forward_deliveries.c.inbox_id == inbox.c.id,
+                forward_deliveries.c.state.in_(("pending", "dead")),
+            ),
         )
         .values(body=None)
     )
