@@ -63,6 +63,7 @@ class Destination:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # header and body are two writes
 
             def do_POST(self) -> None:
                 destination._handle(self)
@@ -82,6 +83,11 @@ class Destination:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length", "0"))
         body = handler.rfile.read(length)
+        if len(body) < length:
+            # The sender died mid-request (the kill -9 tests): an incomplete request, which no
+            # consumer would take as a webhook.
+            handler.close_connection = True
+            return
         headers = {k.lower(): v for k, v in handler.headers.items()}
         got = Received(
             path=handler.path,

@@ -109,7 +109,11 @@ def test_kill_9_mid_stream_then_restart_delivers_every_accepted_body(
                         assert meta_post(http, raw) == 200
             assert consumer.wait_for(
                 lambda: {r.body for r in consumer.received} == set(raws), timeout=90
-            ), server.logs()
+            ), (
+                f"{len(set(raws) - {r.body for r in consumer.received})} missing; "
+                f"extra: {[r.body[:300] for r in consumer.received if r.body not in set(raws)]}"
+                f"{server.health().json()}\n{server.logs()}"
+            )
             wait_until(lambda: nothing_pending(server), 60, server)
         finally:
             server.stop()

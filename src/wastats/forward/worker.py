@@ -26,7 +26,7 @@ import random
 import ssl
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +137,9 @@ class Forwarder:
         # A process that dies mid-attempt leaves its claims to others after this long: longer
         # than any attempt (bounded by `timeout`) plus the cycle that records its outcome.
         self.lease_seconds = math.ceil(timeout) * 2 + 5
+        self.prefetch = concurrency * 8
+        """Deliveries of one destination claimed at once: a cycle's transaction costs more than
+        an attempt to a healthy destination, so one cycle feeds several rounds of attempts."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -204,6 +207,9 @@ class Forwarder:
         wake = self._wake
         self._ready.set()
         in_flight: defaultdict[int, int] = defaultdict(int)
+        # Claimed ahead of the free slots (a cycle's transaction costs more than an attempt to a
+        # healthy destination), each with the end of its lease.
+        queued: defaultdict[int, deque[tuple[_Active, store.Claimed, int]]] = defaultdict(deque)
         tasks: set[asyncio.Task[store.Result]] = set()
         results: list[store.Result] = []
         last_purge = 0.0
@@ -214,28 +220,61 @@ class Forwarder:
             result = task.result()
             results.append(result)
             in_flight[result.destination_id] -= 1
-            wake.set()
+            waiting = queued[result.destination_id]
+            if not result.delivered:
+                # Failing: what is queued behind it would most likely fail too. Let it go; it
+                # is claimed again (by any process) when its lease ends.
+                waiting.clear()
+            launch(client)
+            # A cycle (a transaction) only when this destination runs short of claimed work or
+            # enough outcomes wait to be recorded; else the next poll records them.
+            if len(waiting) < self.concurrency or len(results) >= self.prefetch // 2:
+                wake.set()
 
-        async with self._client() as client:
+        def launch(client: httpx.AsyncClient) -> None:
+            released = False
+            for destination_id, waiting in queued.items():
+                while waiting and in_flight[destination_id] < self.concurrency:
+                    destination, delivery, lease_until = waiting.popleft()
+                    if self.clock() + self.timeout + 1 > lease_until:
+                        # Its lease would end mid-attempt (a slow destination): hand it back,
+                        # due now, for a new claim with a new lease.
+                        results.append(store.Result(delivery.id, destination_id, False, None))
+                        released = True
+                        continue
+                    in_flight[destination_id] += 1
+                    task = asyncio.create_task(self._attempt(client, destination, delivery))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(finished)
+            if released:
+                wake.set()
+
+        client = self._client()
+        async with client:
             while not self._stopping.is_set():
                 wake.clear()
                 done, results[:] = list(results), []
+                wants = {
+                    d: self.prefetch - in_flight[d] - len(queued[d])
+                    for d in set(in_flight) | set(queued)
+                    if len(queued[d]) < self.concurrency
+                }
                 try:
-                    claimed = await asyncio.to_thread(self._cycle, done, dict(in_flight))
+                    claimed, active = await asyncio.to_thread(self._cycle, done, wants)
                 except Exception as exc:
                     # Database away: keep the outcomes for the next cycle; the rows stay
                     # claimed until their lease ends, so nothing is lost either way.
                     results[:0] = done
                     self.stats.cycle_errors += 1
                     log.error("forwarding: database error: %s", getattr(exc, "orig", exc))
-                    claimed = []
-                for destination, deliveries in claimed:
-                    for delivery in deliveries:
-                        in_flight[destination.id] += 1
-                        task = asyncio.create_task(self._attempt(client, destination, delivery))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                        task.add_done_callback(finished)
+                    claimed, active = [], None
+                if active is not None:
+                    for destination_id in set(queued) - active:
+                        queued[destination_id].clear()  # paused or removed meanwhile
+                for destination, deliveries, lease_until in claimed:
+                    queued[destination.id].extend((destination, d, lease_until) for d in deliveries)
+                launch(client)
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     await asyncio.to_thread(self._purge)
@@ -250,24 +289,28 @@ class Forwarder:
                 await asyncio.to_thread(self._cycle, list(results), None)
 
     def _cycle(
-        self, done: list[store.Result], in_flight: dict[int, int] | None
-    ) -> list[tuple[_Active, list[store.Claimed]]]:
-        """One transaction: record `done`, then claim what is due for the free slots (none
-        when `in_flight` is None: stopping)."""
+        self, done: list[store.Result], wants: dict[int, int] | None
+    ) -> tuple[list[tuple[_Active, list[store.Claimed], int]], set[int]]:
+        """One transaction: record `done`, then claim what is due: up to `wants[id]` for a
+        destination this worker has deliveries of, `prefetch` for the others (nothing when
+        `wants` is None: stopping). Returns the claims and the ids of the active destinations."""
         now = int(self.clock())
-        claimed: list[tuple[_Active, list[store.Claimed]]] = []
+        lease_until = now + self.lease_seconds
+        claimed: list[tuple[_Active, list[store.Claimed], int]] = []
+        active: set[int] = set()
         with self.db.write() as conn:
             store.record_results(conn, done, now)
-            if in_flight is None:
-                return []
+            if wants is None:
+                return [], active
             for d in store.list_destinations(conn):
-                free = self.concurrency - in_flight.get(d.id, 0)
-                if d.paused or free <= 0:
+                if d.paused:
                     continue
-                found = store.claim(conn, d.id, free, now=now, lease_until=now + self.lease_seconds)
+                active.add(d.id)
+                limit = wants.get(d.id, self.prefetch)
+                found = store.claim(conn, d.id, limit, now=now, lease_until=lease_until)
                 if found:
-                    claimed.append((_Active(d.id, d.url), found))
-        return claimed
+                    claimed.append((_Active(d.id, d.url), found, lease_until))
+        return claimed, active
 
     def _purge(self) -> None:
         if self.retention_days <= 0:

@@ -94,6 +94,11 @@ class Result:
     next_attempt_at: int | None = None
     """For a failure: when to try again; None: give up (dead letter)."""
     error: str | None = None
+    """None on a failure: not attempted, handed back (due now, no attempt counted)."""
+
+    @property
+    def released(self) -> bool:
+        return not self.delivered and self.error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +227,12 @@ def targets(conn: Connection) -> list[Target]:
 
 
 def enqueue(conn: Connection, deliveries: Sequence[NewDelivery], now: int) -> int:
-    """Add deliveries, due now; returns how many (a pair already queued is skipped)."""
+    """Add deliveries, due now (a pair already queued is skipped); returns how many were
+    given (drivers do not all report the rows an executemany inserted)."""
     if not deliveries:
         return 0
     stmt = insert_for(conn, _q).on_conflict_do_nothing()
-    result = conn.execute(
+    conn.execute(
         stmt,
         [
             {
@@ -241,7 +247,7 @@ def enqueue(conn: Connection, deliveries: Sequence[NewDelivery], now: int) -> in
             for d in deliveries
         ],
     )
-    return max(0, int(result.rowcount))
+    return len(deliveries)
 
 
 def bodies(conn: Connection, inbox_ids: Sequence[int]) -> dict[int, bytes]:
@@ -300,7 +306,15 @@ def record_results(conn: Connection, results: Sequence[Result], now: int) -> Non
     if not results:
         return
     delivered = [r for r in results if r.delivered]
-    failed = [r for r in results if not r.delivered]
+    failed = [r for r in results if not r.delivered and not r.released]
+    released = [r for r in results if r.released]
+    if released:
+        conn.execute(
+            update(_q)
+            .where(_q.c.id == bindparam("row_id"), _q.c.state == PENDING)
+            .values(next_attempt_at=now),
+            [{"row_id": r.id} for r in released],
+        )
     if delivered:
         conn.execute(
             update(_q)
