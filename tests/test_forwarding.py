@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -26,6 +31,7 @@ from forward_servers import Destination
 from helpers import add_number, create_tenant
 from wastats.app import create_app
 from wastats.cli import app as cli
+from wastats.forward.match import addresses
 from wastats.forward.service import Forwarding, forwarding_of
 from wastats.forward.worker import RetryPolicy
 from wastats.settings import Settings
@@ -510,3 +516,89 @@ def test_help_of_every_forward_command() -> None:
     add_help = runner.invoke(cli, ["forward", "add", "--help"], env={"COLUMNS": "200"}).output
     for metavar in ("URL", "WABA_ID", "DIGITS"):
         assert metavar in add_help
+
+
+# --- pure parts: the retry schedule and what a body is addressed to ---------------------------
+
+
+@settings_(max_examples=300, deadline=None)
+@given(
+    failures=st.integers(1, 200),
+    created=st.integers(0, 2_000_000_000),
+    elapsed=st.integers(0, 8 * DAY),
+    retry_after=st.none() | st.floats(0, 30 * DAY),
+    seed=st.integers(0, 2**32),
+)
+def test_retries_stay_inside_the_window_and_never_come_sooner_than_a_second(
+    failures: int, created: int, elapsed: int, retry_after: float | None, seed: int
+) -> None:
+    policy = RetryPolicy()
+    now = created + elapsed
+    when = policy.next_attempt(
+        failures=failures, created_at=created, now=now, retry_after=retry_after,
+        rng=random.Random(seed),
+    )  # fmt: skip
+    end = created + policy.window_seconds
+    if now >= end:
+        assert when is None  # a dead letter, never a retry after the window
+        return
+    assert when is not None
+    assert now < when <= end
+    if retry_after is None:
+        full = min(policy.max_delay_seconds, policy.base_seconds * 2.0 ** (failures - 1))
+        assert when - now <= max(1.0, full) + 1
+        assert when >= min(end, now + max(1.0, full / 2))
+    else:
+        assert when == min(end, math.ceil(now + max(1.0, retry_after)))
+
+
+json_ids = st.one_of(st.text(alphabet="0123456789", min_size=1, max_size=8), st.integers(0, 10**9))
+junk = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5))
+
+
+@st.composite
+def webhook_like(draw: st.DrawFn) -> Any:
+    def meta() -> Any:
+        if draw(st.booleans()):
+            return draw(junk)
+        found = {}
+        if draw(st.booleans()):
+            found["phone_number_id"] = draw(json_ids | junk)
+        if draw(st.booleans()):
+            found["display_phone_number"] = draw(st.sampled_from(["+1 555-0100", "15550100"]))
+        return found
+
+    entries = [
+        draw(junk)
+        if draw(st.integers(0, 5)) == 0
+        else {
+            "id": draw(json_ids | junk),
+            "changes": [{"value": {"metadata": meta()}} for _ in range(draw(st.integers(0, 3)))],
+        }
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    return {"object": "whatsapp_business_account", "entry": entries}
+
+
+def reference_addresses(doc: Any) -> tuple[set[str], set[str]]:
+    """The WABA ids and phone-number ids of a body, the plain way."""
+    wabas, numbers = set(), set()
+    for entry in doc.get("entry") or []:
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("id"), str | int) and not isinstance(entry.get("id"), bool):
+            wabas.add(str(entry["id"]))
+        for change in entry.get("changes") or []:
+            meta = (change.get("value") or {}).get("metadata")
+            if isinstance(meta, dict):
+                number = meta.get("phone_number_id")
+                if isinstance(number, str | int) and not isinstance(number, bool):
+                    numbers.add(str(number))
+    return wabas, numbers
+
+
+@settings_(max_examples=300, deadline=None)
+@given(doc=webhook_like())
+def test_the_ids_a_body_is_addressed_to_are_found_whatever_else_it_holds(doc: Any) -> None:
+    found = addresses(json.dumps(doc).encode())
+    assert (set(found.wabas), set(found.numbers)) == reference_addresses(doc)
