@@ -553,7 +553,9 @@ def test_retries_stay_inside_the_window_and_never_come_sooner_than_a_second(
 
 
 json_ids = st.one_of(st.text(alphabet="0123456789", min_size=1, max_size=8), st.integers(0, 10**9))
-junk = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5))
+junk = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5)
+)
 
 
 @st.composite
