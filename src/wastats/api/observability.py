@@ -107,7 +107,10 @@ class Metrics:
         # Measured before encoding, so a failure is already in database_errors_total of the
         # very scrape that hit it.
         lag = self._ingest_lag()
-        return encoder(_Scrape(self.registry, lag, self._forward_status()))
+        # Forwarding (issue 15): asked only when the database answered, so that one scrape
+        # counts one database error, as before.
+        forward = self._forward_status() if lag is not None else []
+        return encoder(_Scrape(self.registry, lag, forward))
 
     def _forward_status(self) -> list[DestinationStatus]:
         """Forwarding (issue 15): each destination's backlog, measured for this scrape."""
