@@ -10,7 +10,7 @@ a WABA or a number, a decode of the ids the scopes need (msgspec skips everythin
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,9 +190,3 @@ class ForwardQueue:
         """Called after the transaction that enqueued deliveries has committed."""
         for wake in self._listeners:
             wake()
-
-
-def match_all(targets: Iterable[store.Target], raw: bytes) -> list[int]:
-    """The ids of the destinations `raw` goes to (for `wastats forward` diagnostics, tests)."""
-    found = addresses(raw)
-    return [t.id for t in targets if matches(t, found)]
