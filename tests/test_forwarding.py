@@ -307,6 +307,33 @@ def test_deliveries_commit_with_the_inbox_row(
     assert queued == dict.fromkeys(stored, "pending")
 
 
+def test_a_body_whose_deliveries_cannot_be_queued_is_not_acknowledged(
+    database_url: str, make_app: Callable[..., FastAPI], recorder: Destination
+) -> None:
+    """One transaction: when the delivery rows cannot be written, the inbox row is not kept
+    either and Meta gets 503 (and retries), rather than a 200 for a body never forwarded."""
+    add_destination(database_url, recorder.url)
+    raw = bodies_of(1)[0]
+    db = Database(database_url)
+    try:
+        with TestClient(make_app()) as client:
+            with db.write() as conn:
+                conn.exec_driver_sql("ALTER TABLE forward_deliveries RENAME TO deliveries_away")
+            try:
+                answer = client.post(WEBHOOK, content=raw, headers=meta_headers(raw))
+            finally:
+                with db.write() as conn:
+                    conn.exec_driver_sql("ALTER TABLE deliveries_away RENAME TO forward_deliveries")
+            assert answer.status_code == 503
+            with db.read() as conn:
+                assert conn.execute(select(inbox.c.id)).all() == []
+            send(client, raw)  # Meta's retry
+            assert recorder.wait_for(lambda: len(recorder.received) == 1)
+    finally:
+        db.dispose()
+    assert recorder.received[0].body == raw
+
+
 # --- retries ------------------------------------------------------------------------------------
 
 
