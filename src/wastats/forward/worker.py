@@ -255,10 +255,12 @@ class Forwarder:
             while not self._stopping.is_set():
                 wake.clear()
                 done, results[:] = list(results), []
+                # Refill a destination's claimed work only when it runs short.
                 wants = {
                     d: self.prefetch - in_flight[d] - len(queued[d])
-                    for d in set(in_flight) | set(queued)
                     if len(queued[d]) < self.concurrency
+                    else 0
+                    for d in set(in_flight) | set(queued)
                 }
                 try:
                     claimed, active = await asyncio.to_thread(self._cycle, done, wants)
