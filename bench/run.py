@@ -12,6 +12,8 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
           memory) against plain sqlite3 executemany of the same rows (the floor for storing).
   http    signed webhook POSTs (1 and 100 status updates each) through the real server against
           a bare endpoint on the same stack; SQLite with one worker, PostgreSQL with two.
+  forward the http webhook load with one local forwarding destination, against none: the
+          webhook rate, and the delivery lag p50/p99 (bench_forward.py)
   stats   getConversationsStatistics and /v1/stats (monthly) for an account with 1,000 numbers
           and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
   isolation  webhook acknowledgement p50/p99 idle and while four clients loop on the heaviest
@@ -201,7 +203,9 @@ def run_isolation(work: Path, quick: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
-    parser.add_argument("--only", choices=["import", "http", "stats", "isolation"], default=None)
+    parser.add_argument(
+        "--only", choices=["import", "http", "forward", "stats", "isolation"], default=None
+    )
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     args = parser.parse_args()
@@ -219,6 +223,14 @@ def main() -> None:
             print("http: webhook POSTs against a bare endpoint ...", flush=True)
             results["http"] = run_http(work, args.quick)
             print(json.dumps(results["http"], indent=2), flush=True)
+        if args.only in (None, "forward"):
+            from bench_forward import bench as bench_forward
+
+            print("forward: webhooks with one local destination ...", flush=True)
+            results["forward"] = bench_forward(
+                work, seconds=5 if args.quick else 10, lag_bodies=1000 if args.quick else 3000
+            )
+            print(json.dumps(results["forward"], indent=2), flush=True)
         if args.only in (None, "stats"):
             print("stats: 1,000 numbers x 24 months ...", flush=True)
             results["stats"] = run_stats(work, args.quick)

@@ -30,6 +30,7 @@ from wastats.api.observability import (
 )
 from wastats.api.problems import problem
 from wastats.api.webhooks import whatsapp_webhook
+from wastats.forward.service import Forwarding
 from wastats.ingest.identity import CustomerHasher, load_body_sealer, load_secret_key
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
@@ -46,14 +47,18 @@ WEBHOOK_PATH = "/webhooks/whatsapp"
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
     db = Database(settings.database_url)
+    sealer = load_body_sealer(settings)  # raw bodies are sealed at rest (docs/security.md)
+    forwarding = Forwarding(db, settings, sealer, clock=clock)  # docs/forwarding.md
     ingest = IngestService(
         db,
         Pipeline(CustomerHasher(load_secret_key(settings))),
-        load_body_sealer(settings),
+        sealer,
         clock=clock,
         retention_days=settings.raw_retention_days,
+        forward=forwarding.queue,
     )
     ctx = AppContext(settings=settings, db=db, clock=clock, ingest=ingest)
+    ctx.extras[Forwarding.KEY] = forwarding
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +66,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await ctx.run(check_schema_current, db)
         for problem_ in health.configuration_problems(ctx):
             log.warning("configuration: %s", problem_)
+        await ctx.run(forwarding.start)
         ingest.start()
         # Meta's record syncs in its own thread: a slow Graph API never delays a webhook.
         meta_sync = SyncRunner(db, settings, clock) if SyncRunner.wanted(settings) else None
@@ -72,6 +78,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             if meta_sync is not None:
                 await ctx.run(meta_sync.stop)
             await ctx.run(ingest.stop)
+            await ctx.run(forwarding.stop)
             db.dispose()
 
     app = FastAPI(

@@ -227,6 +227,34 @@ class Settings(BaseSettings):
         "last 3 days); 0 turns the background sync off. Off anyway without an access token.",
     )
 
+    # --- forwarding to the customer's own webhook consumer (docs/forwarding.md) -------------
+    forward_urls: str = Field(
+        default="",
+        description="Comma-separated URLs every accepted webhook body is forwarded to, "
+        "byte-exact with Meta's signature (more, per WABA or number: `wastats forward add`).",
+    )
+    forward_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time one forwarding attempt may take, connection included; longer is a "
+        "failed attempt, retried later.",
+    )
+    forward_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Requests in flight at once to one destination."
+    )
+    forward_degraded_after_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="`/healthz` says `degraded` when a destination's oldest pending delivery "
+        "is older than this.",
+    )
+    forward_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities to trust for HTTPS destinations "
+        "(default: the system's). Certificates are always verified.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, value: str) -> str:
@@ -270,3 +298,9 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigurationError(
             f"invalid configuration: WASTATS_{field.upper()}: {first['msg']}"
         ) from None
+
+
+def forward_urls(settings: Settings) -> list[str]:
+    """The destinations of `WASTATS_FORWARD_URLS`, in order, without blanks or repeats."""
+    urls = [u.strip() for u in settings.forward_urls.split(",") if u.strip()]
+    return list(dict.fromkeys(urls))

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wastats.api.context import AppContext, context_of
 from wastats.domain import inbox
+from wastats.forward.service import forwarding_of
 from wastats.meta import observe as meta_observe
 
 router = APIRouter(tags=["operations"])
@@ -38,13 +39,17 @@ def configuration_problems(ctx: AppContext) -> list[str]:
 
 
 def _check(ctx: AppContext) -> dict[str, Any]:
+    forwarding = forwarding_of(ctx.extras)
     with ctx.db.read() as conn:
         states = inbox.states(conn)
         meta_sync = meta_observe.health(conn)
+        # Forwarding (issue 15): only shown once a destination is set.
+        forward = forwarding.health(conn) if forwarding is not None else None
     running = ctx.ingest is not None and ctx.ingest.running
     problems = configuration_problems(ctx)
+    healthy = running and not problems and (forward is None or forward["status"] == "ok")
     body: dict[str, Any] = {
-        "status": "ok" if running and not problems else "degraded",
+        "status": "ok" if healthy else "degraded",
         "problems": problems,
         "database": "ok",
         "ingest": "running" if running else "stopped",
@@ -56,4 +61,6 @@ def _check(ctx: AppContext) -> dict[str, Any]:
     }
     if meta_sync:  # once any WABA is linked (docs/meta-record.md)
         body["meta_sync"] = meta_sync
+    if forward is not None:
+        body["forwarding"] = forward
     return body

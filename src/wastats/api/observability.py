@@ -41,6 +41,8 @@ from wastats.api.context import AppContext, context_of
 from wastats.api.middleware import BodyTooLarge
 from wastats.api.problems import problem
 from wastats.domain import inbox
+from wastats.forward.destinations import DestinationStatus, display_url, statuses
+from wastats.forward.service import forwarding_of
 from wastats.logs import accept_request_id, bound_request_id, configure_logging
 from wastats.meta.observe import MetaSyncCollector
 
@@ -108,7 +110,22 @@ class Metrics:
         # Measured before encoding, so a failure is already in database_errors_total of the
         # very scrape that hit it.
         lag = self._ingest_lag()
-        return encoder(_Scrape(self.registry, lag))
+        # Forwarding (issue 15): asked only when the database answered, so that one scrape
+        # counts one database error, as before.
+        forward = self._forward_status() if lag is not None else []
+        return encoder(_Scrape(self.registry, lag, forward))
+
+    def _forward_status(self) -> list[DestinationStatus]:
+        """Forwarding (issue 15): each destination's backlog, measured for this scrape."""
+        if forwarding_of(self.ctx.extras) is None:
+            return []
+        try:
+            with self.ctx.db.read() as conn:
+                return statuses(conn, int(self.ctx.clock()))
+        except SQLAlchemyError as exc:
+            self.database_errors.inc()
+            log.warning("metrics: could not read the forwarding status: %s", _reason(exc))
+            return []
 
     def _ingest_lag(self) -> float | None:
         """Age in seconds of the oldest pending inbox body (0 if none); None if the database
@@ -204,15 +221,69 @@ class _Scrape(Collector):
 
     registry: CollectorRegistry
     lag: float | None
+    forward: list[DestinationStatus]
 
     def collect(self) -> Iterable[Metric]:
         yield from self.registry.collect()
+        if self.forward:
+            yield from _forward_metrics(self.forward)
         if self.lag is not None:
             yield GaugeMetricFamily(
                 "wastats_ingest_lag_seconds",
                 "Age of the oldest webhook body stored but not yet counted (0 when none).",
                 value=self.lag,
             )
+
+
+def _forward_metrics(found: list[DestinationStatus]) -> Iterator[Metric]:
+    """Per forwarding destination, labelled by id and URL (without credentials or query)."""
+    labels = ["destination", "url"]
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+        "delivered": CounterMetricFamily(
+            "wastats_forward_delivered",
+            "Bodies delivered to the destination (answered 2xx), by every process.",
+            labels=labels,
+        ),
+        "failed": CounterMetricFamily(
+            "wastats_forward_failed_attempts",
+            "Forwarding attempts that failed (non-2xx, timeout, connection error); retried.",
+            labels=labels,
+        ),
+        "pending": GaugeMetricFamily(
+            "wastats_forward_pending",
+            "Deliveries waiting for the destination (not yet delivered, not dead).",
+            labels=labels,
+        ),
+        "failing": GaugeMetricFamily(
+            "wastats_forward_failing",
+            "Pending deliveries that failed at least once.",
+            labels=labels,
+        ),
+        "dead": GaugeMetricFamily(
+            "wastats_forward_dead_letters",
+            "Deliveries given up after the retry window (`wastats forward replay`).",
+            labels=labels,
+        ),
+        "age": GaugeMetricFamily(
+            "wastats_forward_oldest_pending_age_seconds",
+            "Age of the destination's oldest pending delivery (0 when none).",
+            labels=labels,
+        ),
+        "paused": GaugeMetricFamily(
+            "wastats_forward_paused", "1 if the destination is paused.", labels=labels
+        ),
+    }
+    for s in found:
+        d, b = s.destination, s.backlog
+        key = [str(d.id), display_url(d.url)]
+        families["delivered"].add_metric(key, d.delivered_total)
+        families["failed"].add_metric(key, d.failed_attempts_total)
+        families["pending"].add_metric(key, b.pending)
+        families["failing"].add_metric(key, b.failing)
+        families["dead"].add_metric(key, b.dead)
+        families["age"].add_metric(key, s.oldest_pending_age)
+        families["paused"].add_metric(key, 1 if d.paused else 0)
+    yield from families.values()
 
 
 def metrics_of(ctx: AppContext) -> Metrics | None:

@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from wastats.api.context import context_of
 from wastats.api.problems import problem
+from wastats.forward.match import kept_headers
 from wastats.ingest.service import IngestUnavailable
 from wastats.whatsapp.signature import verify_signature
 
@@ -43,7 +44,8 @@ async def whatsapp_webhook(request: Request) -> Response:
     if ingest is None:
         return problem(503, "Service Unavailable", "ingestion is not running")
     try:
-        await ingest.accept(raw)
+        # Meta's signature and content type go with the body to forwarding destinations.
+        await ingest.accept(raw, kept_headers(request.headers.get))
     except IngestUnavailable as exc:
         return problem(503, "Service Unavailable", f"{exc}; retry later")
     return _ACCEPTED

@@ -28,6 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+
+from wastats.forward.match import AcceptedBody, ForwardQueue, Headers
 from wastats.ingest.pipeline import BatchReport, Pipeline
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
@@ -48,6 +51,8 @@ class _Pending:
     sha256: str
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    headers: Headers = ()
+    """Meta's headers to forward with the body (forwarding, issue 15)."""
 
 
 @dataclass
@@ -82,6 +87,7 @@ class IngestService:
         retention_days: int = 30,
         batch_window: float = 0.1,
         purge_seconds: float = 3600.0,
+        forward: ForwardQueue | None = None,
     ) -> None:
         self.db = db
         self.pipeline = pipeline
@@ -92,6 +98,7 @@ class IngestService:
         self.sweep_seconds = sweep_seconds
         self.retention_days = retention_days
         self.batch_window = batch_window
+        self.forward = forward
         self.stats = IngestStats()
         self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
@@ -127,8 +134,11 @@ class IngestService:
 
     # --- accepting --------------------------------------------------------------------------
 
-    async def accept(self, raw: bytes) -> None:
-        """Return once `raw` is committed to the inbox; raise IngestUnavailable if it can't be."""
+    async def accept(self, raw: bytes, headers: Headers = ()) -> None:
+        """Return once `raw` is committed to the inbox; raise IngestUnavailable if it can't be.
+
+        `headers` (Meta's signature and content type) go with the body to any forwarding
+        destination."""
         if self._stopping.is_set() or not self.running:
             raise IngestUnavailable("wastats is shutting down")
         loop = asyncio.get_running_loop()
@@ -136,7 +146,7 @@ class IngestService:
         sha = hashlib.sha256(raw).hexdigest()
         # Counted as in flight from now until processed (or refused), for wait_idle.
         self._track(+1)
-        self._incoming.put(_Pending(raw=raw, sha256=sha, future=future, loop=loop))
+        self._incoming.put(_Pending(raw=raw, sha256=sha, future=future, loop=loop, headers=headers))
         await future
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -200,6 +210,9 @@ class IngestService:
                     ],
                     self.sealer,
                 )
+                # --- forwarding (issue 15): the deliveries of the new bodies commit with them,
+                # so an acknowledged body is never skipped (wastats.forward.match).
+                forwarded = self._enqueue_forwarding(conn, unique, new_ids, now)
         except Exception as exc:
             self.stats.store_errors += len(batch)
             log.error("could not store %d webhook bodies: %s", len(batch), exc)
@@ -213,6 +226,19 @@ class IngestService:
         if new_ids:
             self._committed.put(sorted(new_ids.values()))
         _resolve(batch, None)
+        if forwarded and self.forward is not None:
+            self.forward.committed()
+
+    def _enqueue_forwarding(
+        self, conn: Connection, unique: dict[str, _Pending], new_ids: dict[str, int], now: int
+    ) -> int:
+        if self.forward is None or not new_ids:
+            return 0
+        accepted = [
+            AcceptedBody(inbox_id, unique[sha].raw, unique[sha].headers)
+            for sha, inbox_id in new_ids.items()
+        ]
+        return self.forward.enqueue(conn, accepted, now)
 
     # --- the processor thread ---------------------------------------------------------------
 

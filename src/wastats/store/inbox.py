@@ -13,10 +13,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, select, update
 
 from wastats.sealing import BodySealer, BodyUnreadable
-from wastats.store.schema import inbox
+from wastats.store.schema import forward_deliveries, inbox
 from wastats.store.sql import IN_CHUNK, chunks, insert_for
 
 log = logging.getLogger(__name__)
@@ -330,6 +330,12 @@ def purgeable(received_before: int) -> ColumnElement[bool]:
         inbox.c.body.is_not(None),
         inbox.c.state != PENDING,
         inbox.c.received_at < received_before,
+        # Forwarding (issue 15): a body a destination still waits for (pending, or dead and
+        # kept for `wastats forward replay`) stays, whatever the retention.
+        ~exists().where(
+            forward_deliveries.c.inbox_id == inbox.c.id,
+            forward_deliveries.c.state.in_(("pending", "dead")),
+        ),
     )
 
 

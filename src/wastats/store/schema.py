@@ -325,3 +325,55 @@ meta_sync_state = Table(
     # CLI `wastats meta sync`) never sync the same WABA at once.
     Column("lease_until", BigInteger, nullable=False, default=0),
 )
+
+# --- forwarding to the customer's own webhook consumer (issue 15) ------------------------------
+
+forward_destinations = Table(
+    "forward_destinations",
+    metadata,
+    Column("id", Id64, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    # all | waba | number; `scope_value` is the WABA id or the number's digits ('' for all).
+    Column("scope", String(16), nullable=False),
+    Column("scope_value", String(64), nullable=False),
+    # cli | config (WASTATS_FORWARD_URLS: kept in step with the setting at every start)
+    Column("source", String(16), nullable=False),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    # Totals and the last outcome, kept here by the delivery worker so that status and metrics
+    # never count a destination's whole history.
+    Column("delivered_total", BigInteger, nullable=False, default=0),
+    Column("failed_attempts_total", BigInteger, nullable=False, default=0),
+    Column("last_delivered_at", BigInteger),
+    Column("last_error", Text),
+    Column("last_error_at", BigInteger),
+    Index(None, "url", "scope", "scope_value", unique=True),
+)
+
+forward_deliveries = Table(
+    "forward_deliveries",
+    metadata,
+    # One row per (inbox body, destination), written in the inbox insert's own transaction.
+    Column("id", Id64, primary_key=True, autoincrement=True),
+    Column("inbox_id", Id64, ForeignKey("inbox.id"), nullable=False),
+    Column(
+        "destination_id",
+        Id64,
+        ForeignKey("forward_destinations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # Meta's own headers to send with the body (JSON [[name, value], ...]): the signature is
+    # Meta's HMAC of the exact bytes, so the consumer verifies it as if Meta had called it.
+    Column("headers", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | dead
+    Column("created_at", BigInteger, nullable=False),  # start of the 7-day retry window
+    Column("attempts", Integer, nullable=False, default=0),
+    # When it may be tried next. A claim moves it forward by the lease, so a process that dies
+    # mid-attempt leaves the row to be claimed again once the lease is over.
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", BigInteger),
+    Column("dead_at", BigInteger),
+    Index(None, "inbox_id", "destination_id", unique=True),
+    Index(None, "destination_id", "state", "next_attempt_at"),
+)
