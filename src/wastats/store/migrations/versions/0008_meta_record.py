@@ -1,7 +1,7 @@
 """Meta's record: reported half-hour slots, per-WABA sync state, history-from-Meta setting
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02
 
 Why: spec/meta-record.md. `meta_reported` keeps Meta's `pricing_analytics` per half-hour UTC

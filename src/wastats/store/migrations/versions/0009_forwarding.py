@@ -1,7 +1,7 @@
 """forwarding: destinations and one delivery row per (inbox body, destination)
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-02
 
 Why: wastats can stand in front of the customer's existing webhook consumer and pass every
