@@ -95,29 +95,30 @@ def parse(text: str) -> RateCard:
     reader = csv.DictReader(io.StringIO("\n".join(body)))
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise InvalidInput(f"the rate card's header must be: {','.join(COLUMNS)}")
-    rates = []
-    for n, row in enumerate(reader, start=2):
-        try:
-            rate = float(row["rate"])
-        except (TypeError, ValueError):
-            raise InvalidInput(f"line {n}: rate {row['rate']!r} is not a number") from None
-        if rate < 0 or not row["currency"] or len(row["currency"]) != 3:
-            raise InvalidInput(f"line {n}: a rate needs a currency code and a rate >= 0")
-        rates.append(
-            Rate(
-                market=row["market"].strip().upper() or "*",
-                category=row["category"].strip().lower(),
-                pricing_type=row["pricing_type"].strip().lower(),
-                tier=row["tier"].strip(),
-                currency=row["currency"].strip().upper(),
-                rate=rate,
-                effective_from=_day(row["effective_from"], n, "effective_from"),
-                effective_to=_day(row["effective_to"], n, "effective_to"),
-            )
-        )
+    rates = [_rate(row, n) for n, row in enumerate(reader, start=2)]
     if not rates:
         raise InvalidInput("the rate card has no rates")
     return RateCard(version, source, when, tuple(rates), text)
+
+
+def _rate(row: dict[str, str], n: int) -> Rate:
+    """Line `n` of the card as a rate, or InvalidInput naming the line."""
+    try:
+        rate = float(row["rate"])
+    except (TypeError, ValueError):
+        raise InvalidInput(f"line {n}: rate {row['rate']!r} is not a number") from None
+    if rate < 0 or not row["currency"] or len(row["currency"]) != 3:
+        raise InvalidInput(f"line {n}: a rate needs a currency code and a rate >= 0")
+    return Rate(
+        market=row["market"].strip().upper() or "*",
+        category=row["category"].strip().lower(),
+        pricing_type=row["pricing_type"].strip().lower(),
+        tier=row["tier"].strip(),
+        currency=row["currency"].strip().upper(),
+        rate=rate,
+        effective_from=_day(row["effective_from"], n, "effective_from"),
+        effective_to=_day(row["effective_to"], n, "effective_to"),
+    )
 
 
 def shipped() -> RateCard:
