@@ -45,3 +45,10 @@ def problem(
         media_type=PROBLEM,
         headers=headers,
     )
+
+
+def invalid_parameter(parameter: str, message: str) -> JSONResponse:
+    """422: one query parameter is wrong; `errors` names it, for programs."""
+    return problem(
+        422, "Invalid parameter", message, errors=[{"parameter": parameter, "message": message}]
+    )

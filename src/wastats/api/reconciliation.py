@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from wastats.api.context import AppContext, context_of
-from wastats.api.problems import problem
+from wastats.api.problems import invalid_parameter
 from wastats.domain import reconciliation
 from wastats.domain.reporting import ParameterError
 from wastats.store.accounts import AccountRow
@@ -53,7 +53,7 @@ async def get_reconciliation(
     if account is None:
         return unauthorized()
     if format not in (None, "json", "csv"):
-        return _invalid("format", "format must be json or csv")
+        return invalid_parameter("format", "format must be json or csv")
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
     )
@@ -61,7 +61,7 @@ async def get_reconciliation(
     try:
         result = await ctx.run(_answer, ctx, account, from_, to, granularity, tz, numbers)
     except ParameterError as exc:
-        return _invalid(exc.parameter, exc.message)
+        return invalid_parameter(exc.parameter, exc.message)
     if wants_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -79,12 +79,6 @@ async def get_reconciliation(
             },
         )
     return JSONResponse(result.as_dict())
-
-
-def _invalid(parameter: str, message: str) -> JSONResponse:
-    return problem(
-        422, "Invalid parameter", message, errors=[{"parameter": parameter, "message": message}]
-    )
 
 
 def _answer(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from wastats.api.context import SESSION_COOKIE, AppContext, context_of
 from wastats.api.limits import run_stats
-from wastats.api.problems import PROBLEM, answer_response, problem, problem_body
+from wastats.api.problems import PROBLEM, answer_response, invalid_parameter, problem, problem_body
 from wastats.domain import answers, history, reporting
 from wastats.domain.stats import account_numbers
 from wastats.store.accounts import AccountRow
@@ -149,7 +149,7 @@ async def stats(
         format is None and "text/csv" in request.headers.get("accept", "")
     )
     if format not in (None, "json", "csv"):
-        return _invalid("format", "format must be json or csv")
+        return invalid_parameter("format", "format must be json or csv")
     ctx = context_of(request)
     try:
         # Checked first, in the ordinary thread pool: a bad or too costly question is refused
@@ -161,7 +161,7 @@ async def stats(
         # which acknowledges webhooks, never does the heavy part.
         result, encoded = await run_stats(ctx, _answer, ctx, account, question, wants_csv)
     except reporting.ParameterError as exc:
-        return _invalid(exc.parameter, exc.message)
+        return invalid_parameter(exc.parameter, exc.message)
     except reporting.AnswerTooLarge as exc:
         return _too_large(exc)
     if encoded is None:
@@ -184,12 +184,6 @@ def _too_large(exc: reporting.AnswerTooLarge) -> JSONResponse:
     )
     body.update({f"max_{exc.what}": exc.limit, exc.what: exc.amount})
     return JSONResponse(body, status_code=422, media_type=PROBLEM)
-
-
-def _invalid(parameter: str, message: str) -> JSONResponse:
-    return problem(
-        422, "Invalid parameter", message, errors=[{"parameter": parameter, "message": message}]
-    )
 
 
 def _question(
