@@ -140,7 +140,7 @@ def test_rotation_new_key_seals_old_keys_still_open_for_replay(
     assert key_ids == [old_id, old_id, new_id]
     code, out, err = cli_run(rotated, "events", "replay")
     assert code == 0, err
-    assert "Replayed 1 bodies: 0 now understood, 1 still rejected." in out
+    assert "Replayed 1 body: 0 now understood, 1 still rejected." in out
 
     dropped = make_settings(database_url, body_keys="new-body-secret-0123456789")
     code, out, err = cli_run(dropped, "events", "replay")
