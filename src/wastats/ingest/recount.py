@@ -41,7 +41,7 @@ class NumberRecount:
 def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> NumberRecount:
     # Facts, units and rollups read as one state, with no batch counted in between (a live
     # service may be counting on PostgreSQL meanwhile: without the lock, false differences).
-    locks_repo.hold_counting_lock(conn)
+    locks_repo.hold_counting_locks(conn, [phone_number_id])
     expected = {
         unit.unit_key: unit
         for unit in rules.count_all(
