@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pgcluster import PostgresCluster, PostgresUnavailable
+from pgcluster import CitusCluster, PostgresCluster, PostgresUnavailable
 from wastats.app import create_app
 from wastats.settings import Settings
 from wastats.store.migrate import upgrade
@@ -129,3 +129,51 @@ def app(settings: Settings, clock: FakeClock) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+# --- Citus: a coordinator and two workers (tests/test_citus.py) ---------------------------------
+# Without the extension (sh ../shared/citus/install.sh) the Citus tests skip with the reason;
+# WASTATS_REQUIRE_CITUS=1 (set by .ci/run) turns that skip into a failure.
+
+REQUIRE_CITUS = os.environ.get("WASTATS_REQUIRE_CITUS") == "1"
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    try:
+        cluster = CitusCluster()
+        cluster.start()
+    except PostgresUnavailable as exc:
+        if REQUIRE_CITUS:
+            pytest.fail(f"WASTATS_REQUIRE_CITUS=1 but Citus is unavailable: {exc}")
+        pytest.skip(f"Citus unavailable: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def new_citus_database(cluster: CitusCluster, *, distribute: bool = True) -> str:
+    """A new database on every node, migrated to the head and (by default) distributed."""
+    from wastats.store import citus
+    from wastats.store.db import Database
+
+    name = f"c_{uuid.uuid4().hex[:16]}"
+    cluster.create_database(name)
+    upgrade(cluster.url(name))
+    if distribute:
+        db = Database(cluster.url(name))
+        try:
+            citus.distribute(db)
+        finally:
+            db.dispose()
+    return name
+
+
+@pytest.fixture
+def citus_url(citus_cluster: CitusCluster) -> Iterator[str]:
+    name = new_citus_database(citus_cluster)
+    try:
+        yield citus_cluster.url(name)
+    finally:
+        citus_cluster.drop_database(name)

@@ -19,8 +19,12 @@ from wastats.domain.accounts import get_account
 from wastats.ingest.identity import CustomerHasher, SecretKeyMissing, load_secret_key
 from wastats.ingest.importer import ImportFileError, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
-from wastats.ingest.recount import numbers_to_recount, recount_number
-from wastats.store import counts as counts_repo
+from wastats.ingest.recount import (
+    accounts_to_recount,
+    numbers_to_recount,
+    recount_account_rollups,
+    recount_number,
+)
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
 
@@ -153,9 +157,13 @@ def recount_command(
                 str(result.units_changed),
                 str(result.rollup_rows_differing),
             )
-        with db.write() as conn:
-            # Account-wide sums, after the numbers' own rollups are right.
-            account_rows_off = counts_repo.rebuild_account_rollups(conn, repair=not dry_run)
+        # Account-wide sums, after the numbers' own rollups are right: one account at a time.
+        account_rows_off = 0
+        with db.read() as conn:
+            accounts = accounts_to_recount(conn, account_id)
+        for each in accounts:
+            with db.write() as conn:
+                account_rows_off += recount_account_rollups(conn, each, repair=not dry_run)
     finally:
         db.dispose()
     console.print(table)

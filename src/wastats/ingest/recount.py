@@ -84,3 +84,15 @@ def numbers_to_recount(conn: Connection, account_id: int | None) -> list[str]:
     if account_id is None:
         return facts_repo.known_numbers(conn)
     return [n.phone_number_id for n in numbers_repo.list_numbers(conn, account_id)]
+
+
+def recount_account_rollups(conn: Connection, account_id: int, *, repair: bool) -> int:
+    """Check (and unless `repair` is false, rebuild) one account's rollup from its numbers'
+    rollups; returns how many rows differed. Holds its numbers' counting locks: no batch for
+    them changes the rollups between the read and the rewrite."""
+    locks_repo.hold_counting_locks(conn, counts_repo.account_numbers(conn, account_id))
+    return counts_repo.rebuild_account_rollups(conn, account_id, repair=repair)
+
+
+def accounts_to_recount(conn: Connection, account_id: int | None) -> list[int]:
+    return counts_repo.account_ids(conn) if account_id is None else [account_id]
