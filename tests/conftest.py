@@ -83,8 +83,20 @@ def drop_postgres_database(cluster: PostgresCluster, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+REQUIRE_CITUS = os.environ.get("WASTATS_REQUIRE_CITUS") == "1"
+CITUS_SUITE = REQUIRE_CITUS or os.environ.get("WASTATS_CITUS") == "1"
+"""Also run every test that takes `database_url` on Citus (a third parameter): set by
+WASTATS_CITUS=1, and by WASTATS_REQUIRE_CITUS=1 (CI)."""
+_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+if CITUS_SUITE:
+    _DATABASES.append(pytest.param("citus", marks=pytest.mark.postgres))
+
+
+@pytest.fixture(params=_DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "citus":
+        yield request.getfixturevalue("citus_database")
+        return
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         target = tmp_path / "wastats.db"
@@ -135,8 +147,6 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 # Without the extension (sh ../shared/citus/install.sh) the Citus tests skip with the reason;
 # WASTATS_REQUIRE_CITUS=1 (set by .ci/run) turns that skip into a failure.
 
-REQUIRE_CITUS = os.environ.get("WASTATS_REQUIRE_CITUS") == "1"
-
 
 @pytest.fixture(scope="session")
 def citus_cluster() -> Iterator[CitusCluster]:
@@ -177,3 +187,22 @@ def citus_url(citus_cluster: CitusCluster) -> Iterator[str]:
         yield citus_cluster.url(name)
     finally:
         citus_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def citus_shared_database(citus_cluster: CitusCluster) -> str:
+    """One distributed database for the suite's Citus run: distributing a new one per test
+    costs seconds; emptying this one costs a TRUNCATE (`citus_database`)."""
+    return new_citus_database(citus_cluster)
+
+
+@pytest.fixture
+def citus_database(citus_cluster: CitusCluster, citus_shared_database: str) -> str:
+    """The shared distributed database, emptied: every table of the schema truncated."""
+    from wastats.store.schema import metadata
+
+    url = citus_cluster.url(citus_shared_database)
+    tables = ", ".join(f'"{t}"' for t in metadata.tables)
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    return url
