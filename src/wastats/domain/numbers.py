@@ -56,9 +56,8 @@ def add_number(
         coexistence=coexistence,
         created_at=now,
     )
-    locks_repo.hold_counting_locks(
-        conn, [phone_number_id]
-    )  # no batch for this number may be counted meanwhile
+    # No batch for this number may be counted meanwhile (other numbers' batches may).
+    locks_repo.hold_counting_locks(conn, [phone_number_id])
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
     # building its rollups now makes all of that history visible at once.
