@@ -7,6 +7,7 @@ pending rows in a live service) until nothing is pending. Each run starts on a f
 
     .venv/bin/python bench/bench_counting.py --statuses 200000 --numbers 24 --processes 1 2
     .venv/bin/python bench/bench_counting.py --cores 0 ...   # pin the counting processes
+    .venv/bin/python bench/bench_counting.py --partitions 1 ...   # one global lock, as before
 
 Prints JSON: per run, the seconds from the start of the processes to the last body counted and
 status updates counted per second.
@@ -37,6 +38,7 @@ from wastats.ingest.identity import CustomerHasher  # noqa: E402
 from wastats.ingest.pipeline import Pipeline  # noqa: E402
 from wastats.ingest.service import IngestService  # noqa: E402
 from wastats.store import inbox as inbox_repo  # noqa: E402
+from wastats.store import locks as locks_repo  # noqa: E402
 from wastats.store.db import Database  # noqa: E402
 from wastats.store.migrate import upgrade  # noqa: E402
 
@@ -65,7 +67,10 @@ def prepare(url: str, raws: list[bytes], count: int) -> None:
         db.dispose()
 
 
-def count(url: str, cores: str | None, go: Any) -> None:
+def count(url: str, cores: str | None, go: Any, partitions: int | None) -> None:
+    if partitions:
+        # 1: every number in one partition, i.e. the single global lock counting had before.
+        locks_repo.PARTITIONS = partitions
     if cores:
         os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
     db = Database(url, pool_size=2)
@@ -84,7 +89,9 @@ def run(cluster: PostgresCluster, raws: list[bytes], args: argparse.Namespace, n
     prepare(url, raws, args.numbers)
     context = multiprocessing.get_context("spawn")
     go = context.Event()
-    processes = [context.Process(target=count, args=(url, args.cores, go)) for _ in range(n)]
+    processes = [
+        context.Process(target=count, args=(url, args.cores, go, args.partitions)) for _ in range(n)
+    ]
     for process in processes:
         process.start()
     time.sleep(2)  # let the processes import and connect: not part of counting
@@ -106,6 +113,12 @@ def main() -> None:
     parser.add_argument("--numbers", type=int, default=24)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cores", default=None, help="CPU list for the counting processes")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="lock partitions (1 = one global lock, as before; default: store.locks.PARTITIONS)",
+    )
     args = parser.parse_args()
     raws = [
         json.dumps(b, separators=(",", ":")).encode()
