@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pgcluster import PostgresCluster, PostgresUnavailable
+from pgcluster import CitusCluster, PostgresCluster, PostgresUnavailable
 from wastats.app import create_app
 from wastats.settings import Settings
 from wastats.store.migrate import upgrade
@@ -85,8 +85,36 @@ def drop_postgres_database(cluster: PostgresCluster, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+REQUIRE_CITUS = os.environ.get("WASTATS_REQUIRE_CITUS") == "1"
+CITUS_SUITE = REQUIRE_CITUS or os.environ.get("WASTATS_CITUS") == "1"
+"""Also run every test that takes `database_url` on Citus (a third parameter): set by
+WASTATS_CITUS=1, and by WASTATS_REQUIRE_CITUS=1 (CI)."""
+_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+if CITUS_SUITE:
+    _DATABASES.append(pytest.param("citus", marks=pytest.mark.postgres))
+
+
+CITUS_SKIPPED = {
+    "test_database_errors_are_counted": "drops its database, which the Citus run shares",
+}
+"""Tests of `database_url` not run on Citus, and why (skipped with the reason, visibly)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("database_url") != "citus":
+            continue
+        reason = CITUS_SKIPPED.get(getattr(item, "originalname", item.name))
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"not on Citus: {reason}"))
+
+
+@pytest.fixture(params=_DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "citus":
+        yield request.getfixturevalue("citus_database")
+        return
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         target = tmp_path / "wastats.db"
@@ -134,3 +162,68 @@ def app(settings: Settings, clock: FakeClock) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+# --- Citus: a coordinator and two workers (tests/test_citus.py) ---------------------------------
+# Without the extension (sh ../shared/citus/install.sh) the Citus tests skip with the reason;
+# WASTATS_REQUIRE_CITUS=1 (set by .ci/run) turns that skip into a failure.
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    try:
+        cluster = CitusCluster()
+        cluster.start()
+    except PostgresUnavailable as exc:
+        if REQUIRE_CITUS:
+            pytest.fail(f"WASTATS_REQUIRE_CITUS=1 but Citus is unavailable: {exc}")
+        pytest.skip(f"Citus unavailable: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def new_citus_database(cluster: CitusCluster, *, distribute: bool = True) -> str:
+    """A new database on every node, migrated to the head and (by default) distributed."""
+    from wastats.store import citus
+    from wastats.store.db import Database
+
+    name = f"c_{uuid.uuid4().hex[:16]}"
+    cluster.create_database(name)
+    upgrade(cluster.url(name))
+    if distribute:
+        db = Database(cluster.url(name))
+        try:
+            citus.distribute(db)
+        finally:
+            db.dispose()
+    return name
+
+
+@pytest.fixture
+def citus_url(citus_cluster: CitusCluster) -> Iterator[str]:
+    name = new_citus_database(citus_cluster)
+    try:
+        yield citus_cluster.url(name)
+    finally:
+        citus_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def citus_shared_database(citus_cluster: CitusCluster) -> str:
+    """One distributed database for the suite's Citus run: distributing a new one per test
+    costs seconds; emptying this one costs a TRUNCATE (`citus_database`)."""
+    return new_citus_database(citus_cluster)
+
+
+@pytest.fixture
+def citus_database(citus_cluster: CitusCluster, citus_shared_database: str) -> str:
+    """The shared distributed database, emptied: every table of the schema truncated."""
+    from wastats.store.schema import metadata
+
+    url = citus_cluster.url(citus_shared_database)
+    tables = ", ".join(f'"{t}"' for t in metadata.tables)
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    return url

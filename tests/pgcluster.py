@@ -55,6 +55,8 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.port = free_port()
         self.log = self.root / "server.log"
+        self.extra_options = ""
+        """More server options (`-c name=value ...`), e.g. Citus's `shared_preload_libraries`."""
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         self.root.chmod(0o700)
@@ -83,7 +85,7 @@ class PostgresCluster:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             # Test data is throwaway: skipping fsync makes each test database cheap.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=300"
+            f"-c max_connections=300 {self.extra_options}"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
@@ -97,3 +99,63 @@ class PostgresCluster:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+class CitusCluster:
+    """A real Citus cluster: a coordinator and two workers, each a `PostgresCluster` of its own
+    (one data directory, one port) with `shared_preload_libraries = 'citus'`.
+
+    `CREATE DATABASE` is not propagated by Citus: `create_database` creates it on every node,
+    with the extension, and registers the workers with the coordinator. Clients connect to the
+    coordinator only (`url`), as every wastats process must (the advisory locks live there)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        bindir = find_bindir()
+        if bindir is None or not (bindir.parent / "lib" / "citus.so").exists():
+            raise PostgresUnavailable(
+                "Citus is not installed for this PostgreSQL (sh ../shared/citus/install.sh)"
+            )
+        self.nodes = [PostgresCluster() for _ in range(workers + 1)]
+        for node in self.nodes:
+            # Few shards: a test database is distributed in seconds, not tens of seconds.
+            node.extra_options = (
+                "-c shared_preload_libraries=citus -c citus.shard_count=4 "
+                "-c citus.shard_replication_factor=1"
+            )
+        self.coordinator = self.nodes[0]
+        self.workers = self.nodes[1:]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def destroy(self) -> None:
+        for node in self.nodes:
+            node.destroy()
+
+    @property
+    def port(self) -> int:
+        return self.coordinator.port
+
+    def url(self, database: str = "postgres") -> str:
+        return self.coordinator.url(database)
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        for node in self.nodes:
+            with psycopg.connect(node.url().replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+            with psycopg.connect(node.url(name).replace("+psycopg", ""), autocommit=True) as db:
+                db.execute("CREATE EXTENSION citus")
+        with psycopg.connect(self.url(name).replace("+psycopg", ""), autocommit=True) as db:
+            db.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (self.port,))
+            for worker in self.workers:
+                db.execute("SELECT citus_add_node('127.0.0.1', %s)", (worker.port,))
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        for node in self.nodes:
+            with psycopg.connect(node.url().replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

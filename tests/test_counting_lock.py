@@ -2,7 +2,8 @@
 
 Under READ COMMITTED the two transactions do not see each other: the batch finds the number
 unregistered (so adds nothing to its rollups), the registration builds the rollups from units
-that do not include the batch's. Both must take the counting lock, so one waits for the other.
+that do not include the batch's. Both must take the number's counting lock (`store.locks`: one
+per partition of numbers), so one waits for the other.
 Driven with two real connections: the batch is held open, uncommitted, while the registration
 starts; the test waits until the registration is either blocked on the lock or done."""
 

@@ -18,9 +18,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import drop_postgres_database, make_settings, new_postgres_database
+from conftest import (
+    drop_postgres_database,
+    make_settings,
+    new_citus_database,
+    new_postgres_database,
+)
 from helpers import Tenant, add_number, bearer, create_tenant, get_token
-from pgcluster import PostgresCluster
+from pgcluster import CitusCluster, PostgresCluster
 from procs import (
     NUMBERS,
     ZONE,
@@ -68,10 +73,35 @@ def single_process_answers(
     return everything, per_number
 
 
+class Databases:
+    """New databases on plain PostgreSQL or on the Citus cluster (distributed), and their URLs."""
+
+    def __init__(self, cluster: PostgresCluster | CitusCluster) -> None:
+        self.cluster = cluster
+
+    def new(self) -> str:
+        if isinstance(self.cluster, CitusCluster):
+            return new_citus_database(self.cluster)
+        return new_postgres_database(self.cluster)
+
+    def drop(self, name: str) -> None:
+        if isinstance(self.cluster, CitusCluster):
+            self.cluster.drop_database(name)
+        else:
+            drop_postgres_database(self.cluster, name)
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgresql", "citus"])
 def test_three_processes_on_one_postgresql_count_like_one_and_like_the_reference(
-    pg_cluster: PostgresCluster, tmp_path: Path
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """On plain PostgreSQL, and on Citus (coordinator + 2 workers, tables distributed; every
+    process connects to the coordinator)."""
+    pg_cluster = request.getfixturevalue(
+        "pg_cluster" if engine == "postgresql" else "citus_cluster"
+    )
+    databases = Databases(pg_cluster)
     events = generate_events(SEED, 360)
     deliveries = pack(events, SEED)
     rng = random.Random(SEED)
@@ -82,8 +112,8 @@ def test_three_processes_on_one_postgresql_count_like_one_and_like_the_reference
     stream += [d.raw if i % 2 else reencoded(d).raw for i, d in enumerate(extra)]
     rng.shuffle(stream)
 
-    shared = new_postgres_database(pg_cluster)
-    fresh = new_postgres_database(pg_cluster)
+    shared = databases.new()
+    fresh = databases.new()
     servers: list[Server] = []
     try:
         url = pg_cluster.url(shared)
@@ -135,5 +165,5 @@ def test_three_processes_on_one_postgresql_count_like_one_and_like_the_reference
     finally:
         for server in servers:
             server.stop()
-        drop_postgres_database(pg_cluster, shared)
-        drop_postgres_database(pg_cluster, fresh)
+        databases.drop(shared)
+        databases.drop(fresh)

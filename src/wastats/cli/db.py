@@ -8,8 +8,17 @@ from typing import Annotated
 import typer
 from sqlalchemy.exc import OperationalError
 
-from wastats.cli.common import console, errors, first_line, settings, shown_url, unreachable
-from wastats.store import migrate
+from wastats.cli.common import (
+    console,
+    errors,
+    fail,
+    first_line,
+    open_database,
+    settings,
+    shown_url,
+    unreachable,
+)
+from wastats.store import citus, migrate
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -52,3 +61,24 @@ def upgrade(
         console.print(f"The schema is up to date ({after}).")
     else:
         console.print(f"Upgraded the schema from {before or 'empty'} to {after}.")
+
+
+@app.command("distribute")
+def distribute() -> None:
+    """On Citus: distribute the tables by business number (docs/deployment.md). Idempotent.
+
+    One table per transaction, then the coordinator's leftover local copies are dropped.
+    Refuses a server without Citus."""
+    db = open_database()
+    try:
+        changed = citus.distribute(db)
+    except citus.NotCitus as exc:
+        fail(str(exc))
+    except OperationalError as exc:
+        fail(f"cannot reach the database: {exc.orig}")
+    finally:
+        db.dispose()
+    if changed:
+        console.print(f"Distributed {len(changed)} tables: {', '.join(changed)}.")
+    else:
+        console.print("Every table is already distributed.")

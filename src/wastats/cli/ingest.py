@@ -35,7 +35,7 @@ from wastats.ingest.identity import (
 )
 from wastats.ingest.importer import ImportFileError, ImportReport, import_file, parsing_process
 from wastats.ingest.pipeline import Pipeline
-from wastats.ingest.recount import numbers_to_recount, recount
+from wastats.ingest.recount import recount
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
@@ -192,10 +192,9 @@ def recount_command(
     Exits with status 1 if anything differed (and was repaired, unless --dry-run)."""
     with database(write=False) as conn:
         account_id = get_account(conn, account).id if account else None
-        numbers = numbers_to_recount(conn, account_id)
     db = open_database()
     try:
-        report = recount(db, numbers, repair=not dry_run)
+        report = recount(db, account_id, repair=not dry_run)
     finally:
         db.dispose()
     table = Table("phone_number_id", "registered", "units", "missing", "extra", "changed",
@@ -221,11 +220,11 @@ def recount_command(
     if report.differs:
         what = "found" if dry_run else "found and repaired"
         console.print(
-            f"[bold red]Differences {what} on {report.numbers_differing} of {len(numbers)} "
+            f"[bold red]Differences {what} on {report.numbers_differing} of {len(report.numbers)} "
             "numbers.[/]"
         )
         raise typer.Exit(1)
-    console.print(f"[green]No difference: {plural(len(numbers), 'number')} recounted.[/]")
+    console.print(f"[green]No difference: {plural(len(report.numbers), 'number')} recounted.[/]")
 
 
 @events_app.command("rejected")

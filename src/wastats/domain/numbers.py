@@ -59,7 +59,8 @@ def add_number(
         coexistence=coexistence,
         created_at=now,
     )
-    locks_repo.hold_counting_lock(conn)  # no batch for this number may be counted meanwhile
+    # No batch for this number may be counted meanwhile (other numbers' batches may).
+    locks_repo.hold_counting_locks(conn, [phone_number_id])
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
     # building its rollups now makes all of that history visible at once.
@@ -84,7 +85,7 @@ def remove_number(conn: Connection, number: str) -> NumberRow:
     """Unregister a number. Its facts stay (as for any unregistered number), so adding it
     again, to this or another account, brings its counts back."""
     row = find_number(conn, number)
-    locks_repo.hold_counting_lock(conn)
+    locks_repo.hold_counting_locks(conn, [row.phone_number_id])
     counts_repo.replace_rollups(conn, row.phone_number_id, {})  # the account's sums follow
     repo.delete_number(conn, row.phone_number_id)
     return row

@@ -242,8 +242,9 @@ class Pipeline:
         """Count a prepared batch and record the outcome of each body (`inbox_ids`: the inbox
         row of each body given to `prepare`, in the same order)."""
         # Batches from several processes never recompute the same customer or conversation at
-        # once. Accepting webhooks (the inbox insert) needs no lock and scales with processes.
-        locks_repo.hold_counting_lock(conn)
+        # once: each holds the locks of its numbers (batches for other numbers go on meanwhile).
+        # Accepting webhooks (the inbox insert) needs no lock and scales with processes.
+        locks_repo.hold_counting_locks(conn, prepared.per_number.keys())
         report = prepared.report
         per_number = prepared.per_number
         outcomes = [

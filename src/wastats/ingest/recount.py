@@ -42,7 +42,7 @@ class NumberRecount:
 def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> NumberRecount:
     # Facts, units and rollups read as one state, with no batch counted in between (a live
     # service may be counting on PostgreSQL meanwhile: without the lock, false differences).
-    locks_repo.hold_counting_lock(conn)
+    locks_repo.hold_counting_locks(conn, [phone_number_id])
     expected = {
         unit.unit_key: unit
         for unit in rules.count_all(
@@ -102,23 +102,34 @@ class RecountReport:
         return bool(self.numbers_differing or self.account_rows_differing)
 
 
-def recount(
-    db: Database,
-    numbers: list[str],
-    *,
-    repair: bool,
-) -> RecountReport:
-    """Recount `numbers` (`numbers_to_recount`), then the account rollups, repairing any
-    difference unless `repair` is false.
+def recount(db: Database, account_id: int | None, *, repair: bool) -> RecountReport:
+    """Recount the numbers of `account_id` (every number, registered or not, when None), then
+    the account rollups, repairing any difference unless `repair` is false.
 
-    One transaction per number, so a long recount holds the counting lock only briefly at a
-    time and a live service keeps counting between numbers; the account-wide sums come last,
-    once the numbers' own rollups are right."""
+    One transaction per number, so a long recount holds a number's counting lock only briefly
+    and a live service keeps counting between numbers; the account-wide sums come last, once
+    the numbers' own rollups are right, one account at a time (reading only its numbers' rows:
+    on Citus, only their shards)."""
+    with db.read() as conn:
+        numbers = numbers_to_recount(conn, account_id)
+        accounts = accounts_to_recount(conn, account_id)
     report = RecountReport()
     for number in numbers:
         with db.write() as conn:
-            result = recount_number(conn, number, repair=repair)
-        report.numbers.append(result)
-    with db.write() as conn:
-        report.account_rows_differing = counts_repo.rebuild_account_rollups(conn, repair=repair)
+            report.numbers.append(recount_number(conn, number, repair=repair))
+    for each in accounts:
+        with db.write() as conn:
+            report.account_rows_differing += recount_account_rollups(conn, each, repair=repair)
     return report
+
+
+def recount_account_rollups(conn: Connection, account_id: int, *, repair: bool) -> int:
+    """Check (and unless `repair` is false, rebuild) one account's rollup from its numbers'
+    rollups; returns how many rows differed. Holds its numbers' counting locks: no batch for
+    them changes the rollups between the read and the rewrite."""
+    locks_repo.hold_counting_locks(conn, counts_repo.account_numbers(conn, account_id))
+    return counts_repo.rebuild_account_rollups(conn, account_id, repair=repair)
+
+
+def accounts_to_recount(conn: Connection, account_id: int | None) -> list[int]:
+    return counts_repo.account_ids(conn) if account_id is None else [account_id]

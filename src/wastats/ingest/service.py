@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from wastats.forward.match import AcceptedBody, ForwardQueue, Headers
+from wastats.ingest import partitions
 from wastats.ingest.pipeline import BatchReport, Pipeline
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
@@ -352,14 +353,11 @@ class IngestService:
         return progressed
 
     def _process(self, ids: list[int]) -> BatchReport:
-        with self.db.write() as conn:
-            bodies = inbox_repo.load_bodies(conn, ids, self.sealer)
-            now = int(self.clock())
-            report = self.pipeline.process(conn, bodies, now)
-            if self.retention_days == 0:
-                # Nothing kept once counted: in the same transaction, so no body outlives it.
-                inbox_repo.purge_bodies(conn, retention_cutoff(0, now), ids=ids)
-            return report
+        # On PostgreSQL, one transaction per partition of numbers, so processes count at once.
+        return partitions.count_bodies(
+            self.db, self.pipeline, self.sealer, ids, int(self.clock()),
+            keep_bodies=self.retention_days != 0,
+        )  # fmt: skip
 
     def _park(self, inbox_id: int, exc: Exception) -> bool:
         try:

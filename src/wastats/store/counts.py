@@ -18,6 +18,7 @@ from wastats.counting.calendar import month_of
 from wastats.counting.model import Bucket, CountedUnit
 from wastats.store.schema import (
     account_monthly_counts,
+    accounts,
     business_numbers,
     monthly_counts,
 )
@@ -110,27 +111,35 @@ def account_rows(
 def number_bucket_totals(
     conn: Connection, *, account_id: int, month: int
 ) -> dict[str, dict[str, int]]:
-    """{phone_number_id: {bucket: units}} of one month, for every number of the account."""
-    query = (
-        select(
-            monthly_counts.c.phone_number_id,
-            monthly_counts.c.bucket,
-            func.sum(monthly_counts.c.units),
-        )
-        .join(
-            business_numbers,
-            business_numbers.c.phone_number_id == monthly_counts.c.phone_number_id,
-        )
-        .where(
-            business_numbers.c.account_id == account_id,
-            monthly_counts.c.month == month,
-            monthly_counts.c.bucket.in_(COUNTED_BUCKETS),
-        )
-        .group_by(monthly_counts.c.phone_number_id, monthly_counts.c.bucket)
+    """{phone_number_id: {bucket: units}} of one month, for every number of the account.
+
+    Filtered by the account's numbers themselves, not through a join: `phone_number_id` is
+    the distribution column on Citus, so only those numbers' shards are read (a join on the
+    account reads every shard)."""
+    numbers = sorted(
+        conn.execute(
+            select(business_numbers.c.phone_number_id).where(
+                business_numbers.c.account_id == account_id
+            )
+        ).scalars()
     )
     totals: dict[str, dict[str, int]] = defaultdict(dict)
-    for number, bucket, units in conn.execute(query):
-        totals[number][bucket] = int(units)
+    for part in chunks(numbers):
+        query = (
+            select(
+                monthly_counts.c.phone_number_id,
+                monthly_counts.c.bucket,
+                func.sum(monthly_counts.c.units),
+            )
+            .where(
+                monthly_counts.c.phone_number_id.in_(part),
+                monthly_counts.c.month == month,
+                monthly_counts.c.bucket.in_(COUNTED_BUCKETS),
+            )
+            .group_by(monthly_counts.c.phone_number_id, monthly_counts.c.bucket)
+        )
+        for number, bucket, units in conn.execute(query):
+            totals[number][bucket] = int(units)
     return dict(totals)
 
 
@@ -257,29 +266,46 @@ def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[Rollup
         conn.execute(monthly_counts.insert(), values)
 
 
-def rebuild_account_rollups(conn: Connection, *, repair: bool = True) -> int:
-    """Compare every account rollup with the sum of its numbers' rollups, repairing it unless
-    `repair` is false; returns how many rows differed."""
+def account_ids(conn: Connection) -> list[int]:
+    return sorted(int(a) for a in conn.execute(select(accounts.c.id)).scalars())
+
+
+def account_numbers(conn: Connection, account_id: int) -> list[str]:
+    rows = conn.execute(
+        select(business_numbers.c.phone_number_id).where(
+            business_numbers.c.account_id == account_id
+        )
+    )
+    return sorted(rows.scalars())
+
+
+def rebuild_account_rollups(conn: Connection, account_id: int, *, repair: bool = True) -> int:
+    """Compare one account's rollup with the sum of its numbers' rollups, repairing it unless
+    `repair` is false; returns how many rows differed.
+
+    Reads only that account's rows and its numbers' rows (by `phone_number_id`, the distribution
+    column on Citus: only their shards are read) and rewrites only that account's rows."""
     table = account_monthly_counts
     should: Counter[tuple[int, int, str, str, str]] = Counter()
-    rows = conn.execute(
-        select(business_numbers.c.account_id, monthly_counts.c.month, monthly_counts.c.bucket,
-               monthly_counts.c.category, monthly_counts.c.pricing_type, monthly_counts.c.units)
-        .join(business_numbers,
-              business_numbers.c.phone_number_id == monthly_counts.c.phone_number_id)
-    )  # fmt: skip
-    for account, month, bucket, category, pricing, units in rows:
-        should[(int(account), int(month), bucket, category, pricing)] += int(units)
+    for part in chunks(account_numbers(conn, account_id)):
+        rows = conn.execute(
+            select(monthly_counts.c.month, monthly_counts.c.bucket, monthly_counts.c.category,
+                   monthly_counts.c.pricing_type, monthly_counts.c.units)
+            .where(monthly_counts.c.phone_number_id.in_(part))
+        )  # fmt: skip
+        for month, bucket, category, pricing, units in rows:
+            should[(account_id, int(month), bucket, category, pricing)] += int(units)
     have = {
         (int(a), int(m), b, c, p): int(u)
         for a, m, b, c, p, u in conn.execute(
             select(table.c.account_id, table.c.month, table.c.bucket, table.c.category,
                    table.c.pricing_type, table.c.units)
+            .where(table.c.account_id == account_id)
         )
     }  # fmt: skip
     differing = sum(1 for k in should.keys() | have.keys() if should.get(k, 0) != have.get(k, 0))
     if differing and repair:
-        conn.execute(delete(table))
+        conn.execute(delete(table).where(table.c.account_id == account_id))
         values = [
             {
                 "account_id": k[0],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from wastats.store.migrations.citus import distribute_new_table
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -24,6 +26,7 @@ def upgrade() -> None:
         sa.Column("last_received", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("phone_number_id", name=op.f("pk_number_activity")),
     )
+    distribute_new_table("number_activity")  # on a distributed Citus database
 
 
 def downgrade() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from wastats.store.migrations.citus import distribute_new_table
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -42,6 +44,7 @@ def upgrade() -> None:
             name=op.f("pk_account_monthly_counts"),
         ),  # fmt: skip
     )
+    distribute_new_table("account_monthly_counts")  # on a distributed Citus database
     # Existing data: the sum of the per-number rollups of registered numbers.
     op.execute(
         "INSERT INTO account_monthly_counts "

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
+from wastats.store.migrations.citus import distribute_new_table
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -68,6 +70,7 @@ def upgrade() -> None:
         sa.Column("statuses", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("phone_number_id", "message_key", name=op.f("pk_message_facts")),
     )
+    distribute_new_table("message_facts")  # on a distributed Citus database
     op.create_table(
         "message_conversations",
         sa.Column("phone_number_id", sa.String(length=64), nullable=False),
@@ -80,6 +83,7 @@ def upgrade() -> None:
             name=op.f("pk_message_conversations"),
         ),
     )
+    distribute_new_table("message_conversations")  # on a distributed Citus database
     conn = op.get_bind()
     facts = sa.table(
         "message_facts", *(sa.column(c) for c in ("phone_number_id", "message_key", "statuses"))

@@ -22,6 +22,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from wastats.store.migrations.citus import distribute_new_table
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -39,6 +41,7 @@ def upgrade() -> None:
         sa.Column("locked_until", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("address", "client_id", name=op.f("pk_login_failures")),
     )
+    distribute_new_table("login_failures")  # on an already distributed Citus database
     with op.batch_alter_table("login_failures", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_login_failures_window_start"), ["window_start"], unique=False

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from wastats.store.migrations.citus import distribute_new_table
+
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
@@ -49,6 +51,7 @@ def upgrade() -> None:
             name="pk_meta_reported",
         ),
     )
+    distribute_new_table("meta_reported")  # on an already distributed Citus database
     op.create_table(
         "meta_sync_state",
         sa.Column("waba_id", sa.String(64), nullable=False),
@@ -70,6 +73,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("waba_id", name="pk_meta_sync_state"),
     )
+    distribute_new_table("meta_sync_state")  # on an already distributed Citus database
     with op.batch_alter_table("accounts") as batch_op:
         batch_op.add_column(
             sa.Column("history_from_meta", sa.Boolean(), nullable=False, server_default=sa.false())
