@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from conftest import APP_SECRET, FIXTURES, VERIFY_TOKEN, FakeClock, make_settings
 from forward_servers import Destination
-from helpers import add_number, create_tenant
+from helpers import TEST_SEALER, add_number, create_tenant
 from wastats.app import create_app
 from wastats.cli import app as cli
 from wastats.forward.match import addresses
@@ -44,6 +44,7 @@ from webhooks import WEBHOOK, envelope, inbound, settle, status
 
 runner = CliRunner()
 DAY = 86400
+ALL_STATES = (inbox_repo.PENDING, inbox_repo.PROCESSED, inbox_repo.REJECTED)
 
 
 def poll(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -479,12 +480,16 @@ def test_inbox_purge_keeps_bodies_with_pending_deliveries(
             destination = add_destination(database_url, "http://127.0.0.1:9/again")
             forward_cli(database_url, "pause", str(destination))
             with db.write() as conn:
-                first = conn.execute(select(inbox.c.id).where(inbox.c.body == waiting)).scalar()
+                sha = hashlib.sha256(waiting).hexdigest()
+                first = conn.execute(select(inbox.c.id).where(inbox.c.body_sha256 == sha)).scalar()
                 store.enqueue(conn, [store.NewDelivery(int(first), destination, ())], 0)
             clock.advance(2 * DAY)
             client.app.state.ctx.ingest.purge()  # type: ignore[attr-defined]
             with db.read() as conn:
-                kept = {bytes(b) for (b,) in conn.execute(select(inbox.c.body)) if b is not None}
+                ids = [int(i) for (i,) in conn.execute(select(inbox.c.id))]
+                kept = {
+                    b for _, b in inbox_repo.load_bodies(conn, ids, TEST_SEALER, states=ALL_STATES)
+                }
         finally:
             db.dispose()
     assert kept == {waiting}
