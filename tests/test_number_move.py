@@ -263,6 +263,19 @@ def test_a_released_numbers_former_account_deleted_still_counts_as_another(
     assert partners(client, new) == []
 
 
+def test_a_number_whose_account_was_deleted_with_it_still_counts_as_anothers(
+    client: TestClient, settings: Settings, old: Tenant, new: Tenant
+) -> None:
+    """Deleting an account drops its registrations with it (no `numbers remove`): its numbers
+    must still count as released by another account."""
+    add_number(settings, old, DIGITS, PNID, now=REGISTERED)
+    old_owners_traffic(client)
+    assert cli(settings, "accounts", "delete", old.client_id, "--yes")[0] == 0
+    add_number(settings, new, DIGITS, PNID, now=MOVED)
+    assert partners(client, new) == []
+    assert cli(settings, "recount", "--dry-run")[0] == 0
+
+
 def test_a_new_numbers_backlog_is_still_counted_when_it_is_added(
     client: TestClient, settings: Settings, new: Tenant
 ) -> None:
