@@ -284,3 +284,59 @@ def test_a_new_numbers_backlog_is_still_counted_when_it_is_added(
     old_owners_traffic(client)
     add_number(settings, new, DIGITS, PNID, now=MOVED)
     assert partners(client, new) == [("022025", 2, 2)]
+
+
+# --- Meta's record of a moved number ----------------------------------------------------------
+
+
+def test_meta_record_before_the_move_is_not_the_new_owners(database_url: str) -> None:
+    """Meta's reported September (synced while the number was the old owner's) stays out of
+    the new owner's `/v1/stats` and its history-from-Meta months; its own November shows."""
+    from conftest import FakeClock, make_settings
+    from fakegraph import TOKEN, client_for, fake_graph
+    from wastats.app import create_app
+    from wastats.meta.fake_graph import FakeGraph, FakeNumber, FakePoint, FakeWaba
+    from wastats.meta.sync import sync_waba
+    from webhooks import body, post, settle
+
+    now, waba, pnid, digits = at("2026-12-02 12:00"), "777", "8100001", "972508888888"
+    settings = make_settings(database_url)
+    old, new = create_tenant(settings, "Old"), create_tenant(settings, "New")
+    add_number(settings, old, digits, pnid, waba_id=waba, now=at("2026-01-01 00:00"))
+    sep, nov = at("2026-09-10 10:00"), at("2026-11-10 10:00")
+    state = FakeGraph(token=TOKEN)
+    points = [FakePoint(sep, digits, "IL", "MARKETING", "REGULAR", 3, 0.075, "0:MAX"),
+              FakePoint(nov, digits, "IL", "MARKETING", "REGULAR", 5, 0.125, "0:MAX")]  # fmt: skip
+    state.add_waba(FakeWaba(waba, numbers=[FakeNumber(pnid, f"+{digits}", "S")], points=points))
+    db = Database(database_url)
+    try:
+        with fake_graph(state) as url, client_for(url) as graph:
+            assert sync_waba(db, graph, waba, now=now).error is None
+        with db.write() as conn:
+            numbers.remove_number(conn, pnid, now=at("2026-09-30 00:00"))
+    finally:
+        db.dispose()
+    add_number(settings, new, digits, pnid, waba_id=waba, now=at("2026-10-01 00:00"))
+    env = {"WASTATS_DATABASE_URL": database_url, "WASTATS_SECRET_KEY": SECRET_KEY}
+    on = ["accounts", "update", new.client_id, "--history-from-meta", "on"]
+    assert runner.invoke(cli_app, on, env=env).exit_code == 0
+    with TestClient(create_app(settings, clock=FakeClock(now))) as http:
+        for k in range(5):
+            value = status(f"wamid.n{k}", "delivered", nov + k, number=pnid,
+                           pricing=("PMP", "marketing", "regular"))  # fmt: skip
+            assert post(http, body(value)) == 200
+        settle(http)
+        answer = v1(http, new, group_by="number", **{"from": "2026-09", "to": "2026-11"})
+        rows = {r["period"]: r for r in answer["rows"]}
+        assert "2026-09" not in rows or rows["2026-09"]["marketing"] == 0, rows
+        assert rows["2026-11"]["marketing"] == 5
+        assert partners(http, new) == [("112026", 5, 0)]
+        recon = http.get(
+            "/v1/reconciliation",
+            params={"from": "2026-09", "to": "2026-11"},
+            headers=bearer(get_token(http, new)),
+        )
+        assert recon.status_code == 200, recon.text
+        reported = {r["period"]: r["reported"] for r in recon.json()["rows"]}
+        assert reported.get("2026-09", 0) == 0, reported
+        assert reported["2026-11"] == 5
