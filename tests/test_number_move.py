@@ -14,13 +14,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from conftest import SECRET_KEY
+from conftest import SECRET_KEY, FakeClock, make_settings
+from fakegraph import TOKEN, client_for, fake_graph
 from helpers import Tenant, add_number, bearer, create_tenant, get_token
+from wastats.app import create_app
 from wastats.cli import app as cli_app
 from wastats.domain import numbers
+from wastats.meta.fake_graph import FakeGraph, FakeNumber, FakePoint, FakeWaba
+from wastats.meta.sync import sync_waba
 from wastats.settings import Settings
 from wastats.store.db import Database
-from webhooks import at, deliver, inbound, status
+from webhooks import at, body, deliver, inbound, post, settle, status
 
 PNID, DIGITS = "106540352242922", "15550783881"
 STATS = "/api/whatsapp/getConversationsStatistics"
@@ -292,13 +296,6 @@ def test_a_new_numbers_backlog_is_still_counted_when_it_is_added(
 def test_meta_record_before_the_move_is_not_the_new_owners(database_url: str) -> None:
     """Meta's reported September (synced while the number was the old owner's) stays out of
     the new owner's `/v1/stats` and its history-from-Meta months; its own November shows."""
-    from conftest import FakeClock, make_settings
-    from fakegraph import TOKEN, client_for, fake_graph
-    from wastats.app import create_app
-    from wastats.meta.fake_graph import FakeGraph, FakeNumber, FakePoint, FakeWaba
-    from wastats.meta.sync import sync_waba
-    from webhooks import body, post, settle
-
     now, waba, pnid, digits = at("2026-12-02 12:00"), "777", "8100001", "972508888888"
     settings = make_settings(database_url)
     old, new = create_tenant(settings, "Old"), create_tenant(settings, "New")
