@@ -66,6 +66,7 @@ def add_number(
                 business_name=extra.get("business_name"),  # type: ignore[arg-type]
                 coexistence=bool(extra.get("coexistence", False)),
                 now=int(extra.get("now", 1_735_800_000)),  # type: ignore[call-overload]
+                with_history=bool(extra.get("with_history", False)),
             )
     finally:
         db.dispose()

@@ -111,6 +111,7 @@ def test_numbers_add_list_remove(database_url: str) -> None:
         "business_name": "Shop Ltd",
         "coexistence": True,
         "created_at": 0,
+        "counts_from": None,  # all its history: it was never another account's
     }
     # A number, and a phone-number id, belong to at most one account.
     code, _, err = run(

@@ -16,6 +16,7 @@ import hmac
 import json
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,11 +29,13 @@ from conftest import SECRET_KEY, drop_postgres_database, make_settings, new_post
 from helpers import add_number, count_batch, create_tenant
 from pgcluster import PostgresCluster
 from reference_counting import reference_monthly_counts
+from wastats.domain import numbers
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.recount import recount_number
 from wastats.store import counts as counts_repo
 from wastats.store import numbers as numbers_repo
+from wastats.store import units as units_repo
 from wastats.store.db import Database
 from webhooks import PHONE_NUMBER_ID, at, envelope, generated_inbound, generated_status
 
@@ -198,6 +201,72 @@ def test_any_order_duplication_and_batching_give_the_reference_counts_postgresql
     name = new_postgres_database(pg_cluster)
     try:
         run_case(pg_cluster.url(name), case)
+    finally:
+        drop_postgres_database(pg_cluster, name)
+
+
+def run_move_case(
+    url: str, case: tuple[list[tuple[Any, ...]], list[list[bytes]], int, bool], moved_at: int
+) -> None:
+    """The number moves from one account to another in the middle of ingestion (a time among
+    the events' own, so units sit exactly on the edge): the new owner's rollups, built partly
+    at registration and partly by the pipeline, must be exactly those a full recount builds
+    from the units since the move, and the former owner keeps no rollup."""
+    _, batches, _, draft = case
+    config = make_settings(url)
+    before = create_tenant(config, "Before", "Asia/Jerusalem")
+    after = create_tenant(config, "After", "UTC")
+    pipeline = Pipeline(CustomerHasher(SECRET_KEY.encode()))
+    db = Database(url, pool_size=1)
+    try:
+        add_number(config, before, "15550783881", PHONE_NUMBER_ID, now=at("2024-01-01 00:00"))
+        for index, batch in enumerate(batches):
+            if index == len(batches) // 2:
+                with db.write() as conn:
+                    numbers.remove_number(conn, PHONE_NUMBER_ID, now=moved_at - 60)
+                add_number(config, after, "15550783881", PHONE_NUMBER_ID, now=moved_at)
+            with db.write() as conn:
+                count_batch(conn, pipeline, batch, draft=draft)
+        with db.write() as conn:
+            number = numbers_repo.get_number(conn, PHONE_NUMBER_ID)
+            assert number is not None
+            moved = len(batches) // 2 < len(batches)
+            assert number.counts_from == (moved_at if moved else None)
+            assert not recount_number(conn, PHONE_NUMBER_ID, repair=False).differs
+            if moved:
+                # The new account is in UTC: no rollup of a month before the move's.
+                rows = counts_repo.rollup_rows(conn, PHONE_NUMBER_ID)
+                first = int(datetime.fromtimestamp(moved_at, UTC).strftime("%Y%m"))
+                assert all(key.month >= first for key in rows)
+                units = units_repo.all_of(conn, PHONE_NUMBER_ID).values()
+                assert sum(rows.values()) == sum(1 for u in units if u.timestamp >= moved_at)
+    finally:
+        db.dispose()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=deliveries(), moved_at=times)
+def test_a_number_moved_mid_stream_counts_from_the_move_sqlite(
+    sqlite_template: Path, case: Any, moved_at: int
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="wastats-prop-"))
+    try:
+        target = directory / "wastats.db"
+        shutil.copyfile(sqlite_template, target)
+        run_move_case(f"sqlite:///{target}", case, moved_at)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.postgres
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=deliveries(), moved_at=times)
+def test_a_number_moved_mid_stream_counts_from_the_move_postgresql(
+    pg_cluster: PostgresCluster, case: Any, moved_at: int
+) -> None:
+    name = new_postgres_database(pg_cluster)
+    try:
+        run_move_case(pg_cluster.url(name), case, moved_at)
     finally:
         drop_postgres_database(pg_cluster, name)
 

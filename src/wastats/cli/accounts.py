@@ -123,5 +123,5 @@ def delete(
             abort=True,
         )
     with database(write=True) as conn:
-        account = service.delete_account(conn, client_id)
+        account = service.delete_account(conn, client_id, now=now())
     console.print(f"Deleted account {account.name!r} ({client_id}).", highlight=False)

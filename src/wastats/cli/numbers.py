@@ -47,8 +47,17 @@ def add(
         bool,
         typer.Option("--coexistence", help="The number is also used in the WhatsApp Business app."),
     ] = False,
+    with_history: Annotated[
+        bool,
+        typer.Option(
+            "--with-history",
+            help="The number was another account's: show this account its history too "
+            "(by default it sees only what arrives from now on).",
+        ),
+    ] = False,
 ) -> None:
-    """Register a number; webhooks already received for it are counted at once."""
+    """Register a number; webhooks already received for it are counted at once (for a number
+    another account had, only from now on unless --with-history)."""
     with database(write=True) as conn:
         number = service.add_number(
             conn,
@@ -60,11 +69,19 @@ def add(
             business_name=business_name,
             coexistence=coexistence,
             now=now(),
+            with_history=with_history,
         )
     console.print(
         f"Registered {number.whatsapp} (phone-number id {number.phone_number_id}).",
         highlight=False,
     )
+    if number.counts_from is not None:
+        since = datetime.fromtimestamp(number.counts_from, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        console.print(
+            f"It was another account's: this account counts it from {since} "
+            "(--with-history shows it the earlier history too).",
+            highlight=False,
+        )
 
 
 @app.command("list")
@@ -89,6 +106,7 @@ def list_(
                         "business_name": n.business_name,
                         "coexistence": n.coexistence,
                         "created_at": n.created_at,
+                        "counts_from": n.counts_from,
                     }
                 )
             )
@@ -119,9 +137,11 @@ def remove(
         str, typer.Argument(metavar="NUMBER", help="The number's digits or its phone-number id.")
     ],
 ) -> None:
-    """Unregister a number. Its webhook history is kept; adding it again restores its counts."""
+    """Unregister a number. Its webhook history is kept: adding it back to the same account
+    restores its counts; another account counts it from then on (see numbers add
+    --with-history)."""
     with database(write=True) as conn:
-        row = service.remove_number(conn, number)
+        row = service.remove_number(conn, number, now=now())
     console.print(
         f"Removed {row.whatsapp} (phone-number id {row.phone_number_id}).", highlight=False
     )

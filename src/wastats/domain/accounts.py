@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from wastats.counting import calendar
 from wastats.domain.errors import InvalidInput, NotFound
 from wastats.store import accounts as repo
+from wastats.store import numbers as numbers_repo
 from wastats.store.accounts import AccountRow
 
 
@@ -97,7 +98,11 @@ def rotate_secret(conn: Connection, client_id: str) -> NewCredentials:
     )
 
 
-def delete_account(conn: Connection, client_id: str) -> AccountRow:
+def delete_account(conn: Connection, client_id: str, *, now: int) -> AccountRow:
     account = get_account(conn, client_id)
+    # Its numbers go with it (the schema cascades): remember each as released by it, or adding
+    # one to another account later would hand that account this one's history.
+    for number in numbers_repo.list_numbers(conn, account.id):
+        numbers_repo.record_release(conn, number, now)
     repo.delete_account(conn, account.id)
     return account

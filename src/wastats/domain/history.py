@@ -138,7 +138,11 @@ def merge_reported(
 
     reported: dict[tuple[str, ...], _Reported] = defaultdict(_Reported)
     costs: dict[tuple[str, ...], Cost] = defaultdict(Cost)
+    # A number moved from another account: its record before the move is the other's.
+    moved = {n.phone_number_id: n.counts_from for n in q.numbers if n.counts_from is not None}
     for r in meta_repo.reported_between(conn, ids, start, end):
+        if r.slot < moved.get(r.phone_number_id, r.slot):
+            continue
         i = period_of(r.slot)
         key = key_of(i, r.phone_number_id, r.country, r.category, r.pricing_type)
         if periods[i].end <= first_seen.get(r.phone_number_id, end + 1):
@@ -150,7 +154,7 @@ def merge_reported(
     # Observed messages in hours Meta has not reported (or we have not synced) yet: read per
     # number from where its sync stopped, so a synced year costs no scan of its units.
     for pnid in ids:
-        since = max(start, covered_to.get(pnid, start))
+        since = max(start, covered_to.get(pnid, start), moved.get(pnid, start))
         for number, ts, category, pricing, country in meta_repo.message_units_with_country(
             conn, [pnid], since, end
         ):
@@ -270,7 +274,10 @@ def with_history_from_meta(
         seen = first_seen.get(n.phone_number_id)
         # Whole months only: the month of the first observation is the service's own.
         until = month_bounds(month_of(seen, zone), zone)[0] if seen is not None else 2**62
-        for r in meta_repo.reported_between(conn, [n.phone_number_id], 0, until):
+        # From the move on for a number moved from another account (its earlier record is the
+        # other account's).
+        since = n.counts_from or 0
+        for r in meta_repo.reported_between(conn, [n.phone_number_id], since, until):
             month = month_of(r.slot, zone)
             if (first_month is not None and month < first_month) or (
                 last_month is not None and month > last_month

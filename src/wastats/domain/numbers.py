@@ -30,7 +30,11 @@ def add_number(
     business_name: str | None,
     coexistence: bool,
     now: int,
+    with_history: bool = False,
 ) -> NumberRow:
+    """Register a number to an account. If another account last had it, the new owner counts
+    only what arrives from now on, unless `with_history` (the operator's choice) moves the
+    number's whole history along (docs/counting.md, "Moving a number")."""
     account = get_account(conn, client_id)
     digits = normalise_whatsapp(whatsapp)
     if digits is None:
@@ -58,16 +62,36 @@ def add_number(
         business_name=business_name,
         coexistence=coexistence,
         created_at=now,
+        counts_from=None if with_history else _counts_from(conn, phone_number_id, account.id, now),
     )
     # No batch for this number may be counted meanwhile (other numbers' batches may).
     locks_repo.hold_counting_locks(conn, [phone_number_id])
     repo.insert_number(conn, number)
     # Events that arrived before the number was registered were kept and counted into units;
-    # building its rollups now makes all of that history visible at once.
+    # building its rollups now makes all of that history visible at once (from `counts_from`).
     units = units_repo.all_of(conn, phone_number_id).values()
-    rollups = counts_repo.rollups_of(phone_number_id, units, load_zone(account.timezone))
+    zone = load_zone(account.timezone)
+    rollups = counts_repo.rollups_of(phone_number_id, units, zone, number.counts_from)
     counts_repo.replace_rollups(conn, phone_number_id, rollups)
     return number
+
+
+def _counts_from(conn: Connection, phone_number_id: str, account_id: int, now: int) -> int | None:
+    """Where the account's history of the number starts by default.
+
+    Never seen removed: None, all of it (a new number's backlog, received before it was
+    registered, is its owner's). Last removed by this same account: what that registration
+    had, so removing and adding back changes nothing. Last removed by another account (or one
+    since deleted): now, the registration time. Not the removal time: the service cannot know
+    when the number changed hands at Meta, and webhooks between removal and registration may
+    still be the old owner's; a tenant must never see another's data.
+    """
+    release = repo.last_release(conn, phone_number_id)
+    if release is None:
+        return None
+    if release.account_id == account_id:
+        return release.counts_from
+    return now
 
 
 def find_number(conn: Connection, number: str) -> NumberRow:
@@ -81,13 +105,15 @@ def find_number(conn: Connection, number: str) -> NumberRow:
     return row
 
 
-def remove_number(conn: Connection, number: str) -> NumberRow:
+def remove_number(conn: Connection, number: str, *, now: int) -> NumberRow:
     """Unregister a number. Its facts stay (as for any unregistered number), so adding it
-    again, to this or another account, brings its counts back."""
+    again to this account brings its counts back; to another account, only what arrives from
+    then on, unless the operator moves its history along (`add_number`'s `with_history`)."""
     row = find_number(conn, number)
     locks_repo.hold_counting_locks(conn, [row.phone_number_id])
     counts_repo.replace_rollups(conn, row.phone_number_id, {})  # the account's sums follow
     repo.delete_number(conn, row.phone_number_id)
+    repo.record_release(conn, row, now)
     return row
 
 

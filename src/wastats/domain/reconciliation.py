@@ -295,14 +295,29 @@ def answer(
             coverage[n.phone_number_id] = Coverage(state.covered_from, state.covered_to)
         if state.last_success is not None:
             last_sync = max(last_sync or 0, state.last_success)
-    reported = list(meta_repo.reported_between(conn, ids, start, end))
+    # A number moved from another account: its record and units before the move are the
+    # other account's, on both sides of the comparison.
+    moved = {n.phone_number_id: n.counts_from for n in q.numbers if n.counts_from is not None}
+    reported = [
+        r
+        for r in meta_repo.reported_between(conn, ids, start, end)
+        if r.slot >= moved.get(r.phone_number_id, r.slot)
+    ]
     result = reconcile(
         periods,
         [(n.phone_number_id, n.whatsapp) for n in q.numbers],
-        meta_repo.message_units_between(conn, ids, start, end),
+        (
+            u
+            for u in meta_repo.message_units_between(conn, ids, start, end)
+            if u[1] >= moved.get(u[0], u[1])
+        ),
         ((r.phone_number_id, r.slot, r.category, r.pricing_type, r.volume) for r in reported),
         # One slot either side, so a stretch at a period's edge sees its neighbours' webhooks.
-        meta_repo.event_times_between(conn, ids, start - SLOT, end + SLOT),
+        (
+            e
+            for e in meta_repo.event_times_between(conn, ids, start - SLOT, end + SLOT)
+            if e[1] >= moved.get(e[0], e[1])
+        ),
         coverage,
         now,
     )

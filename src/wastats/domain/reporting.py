@@ -96,6 +96,8 @@ class Period:
 class NumberRef:
     phone_number_id: str
     whatsapp: str
+    counts_from: int | None = None
+    """The registration's start (a number moved from another account); None: all history."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +275,7 @@ def parse_question(
     for g in groups:
         if g not in GROUPS:
             raise ParameterError("group_by", f"group_by takes number, category, country; not {g!r}")
-    own = [NumberRef(p, w) for p, w in numbers_repo.number_refs(conn, account.id)]
+    own = [NumberRef(p, w, c) for p, w, c in numbers_repo.number_refs(conn, account.id)]
     chosen = _chosen_numbers(own, _split(numbers)) if numbers else own
     ordered_groups = tuple(g for g in GROUPS if g in groups)
     return Question(
@@ -448,7 +450,7 @@ def answer(
     result = Answer(
         question=q,
         periods=periods,
-        as_of=activity_repo.newest_event(conn, numbers),
+        as_of=_as_of(conn, q.numbers),
         now=now,
         totals=Counts(customers={} if q.unique else None),
     )
@@ -458,7 +460,8 @@ def answer(
     elif _uses_rollups(q, account):
         _from_number_rollups(conn, numbers, periods, grouped)
     else:
-        _from_units(conn, numbers, periods, grouped)
+        since = {n.phone_number_id: n.counts_from for n in q.numbers if n.counts_from is not None}
+        _from_units(conn, numbers, periods, grouped, since)
 
     if q.group_by:
         cells = sorted(grouped.cells.items(), key=lambda item: (item[0][0], item[0][1].order()))
@@ -470,6 +473,18 @@ def answer(
             for i, period in enumerate(periods)
         ]
     return result
+
+
+def _as_of(conn: Connection, numbers: Sequence[NumberRef]) -> int | None:
+    """The newest event counted for these numbers, not counting a moved number's events from
+    before its move (they are its former owner's)."""
+    moved = {n.phone_number_id: n.counts_from for n in numbers if n.counts_from is not None}
+    best = activity_repo.newest_event(conn, [n.phone_number_id for n in numbers
+                                             if n.counts_from is None])  # fmt: skip
+    for number, newest in activity_repo.newest_events(conn, moved).items():
+        if newest >= moved[number] and (best is None or newest > best):
+            best = newest
+    return best
 
 
 def _month_index(periods: Sequence[Period]) -> dict[int, int]:
@@ -501,12 +516,17 @@ def _from_number_rollups(
 
 
 def _from_units(
-    conn: Connection, numbers: Iterable[str], periods: Sequence[Period], grouped: _Grouped
+    conn: Connection,
+    numbers: Iterable[str],
+    periods: Sequence[Period],
+    grouped: _Grouped,
+    since: dict[str, int],
 ) -> None:
-    """Every unit in the range, placed into its period by its UTC time."""
+    """Every unit in the range (from `since` for a moved number), placed into its period by
+    its UTC time."""
     starts = [p.start for p in periods]
     for number, ts, bucket, category, pricing, user, country in units_repo.between(
-        conn, numbers, periods[0].start, periods[-1].end
+        conn, numbers, periods[0].start, periods[-1].end, since
     ):
         index = bisect.bisect_right(starts, ts) - 1
         grouped.add(index, grouped.key(number, country, category, pricing), bucket, 1, user)

@@ -505,16 +505,17 @@ def _recount(
 
 def _write_rollups(conn: Connection, changes: Sequence[UnitChange]) -> None:
     """Step 5: apply the changed units to the monthly rollups of the registered numbers (a
-    number registered later gets its rollups built from its units then)."""
-    numbers = {change.phone_number_id for change in changes}
-    zones = {n: load_zone(zone) for n, zone in numbers_repo.zones_of(conn, numbers).items()}
+    number registered later gets its rollups built from its units then), leaving out units
+    older than the registration's `counts_from` (a number moved from another account)."""
+    scopes = numbers_repo.scopes_of(conn, {change.phone_number_id for change in changes})
+    zones = {n: (load_zone(s.timezone), s.counts_from or 0) for n, s in scopes.items()}
     deltas: Counter[counts_repo.RollupKey] = Counter()
     for number, before, after in changes:
-        zone = zones.get(number)
-        if zone is not None:
-            if before is not None:
+        if number in zones:
+            zone, since = zones[number]
+            if before is not None and before.timestamp >= since:
                 deltas[counts_repo.rollup_key(number, before, zone)] -= 1
-            if after is not None:
+            if after is not None and after.timestamp >= since:
                 deltas[counts_repo.rollup_key(number, after, zone)] += 1
     counts_repo.apply_deltas(conn, deltas)
 

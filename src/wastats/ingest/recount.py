@@ -58,12 +58,13 @@ def recount_number(conn: Connection, phone_number_id: str, *, repair: bool) -> N
         units_repo.replace_all(conn, phone_number_id, expected)
 
     rollups_differing = 0
-    zones = numbers_repo.zones_of(conn, [phone_number_id])
-    registered = phone_number_id in zones
-    if registered:
-        zone = load_zone(zones[phone_number_id])
-        # From the *expected* units, so a repair of units also repairs the rollups.
-        should = counts_repo.rollups_of(phone_number_id, expected.values(), zone)
+    scope = numbers_repo.scopes_of(conn, [phone_number_id]).get(phone_number_id)
+    registered = scope is not None
+    if scope is not None:
+        zone = load_zone(scope.timezone)
+        # From the *expected* units, so a repair of units also repairs the rollups; only those
+        # the registration counts (a moved number's start), as the pipeline does.
+        should = counts_repo.rollups_of(phone_number_id, expected.values(), zone, scope.counts_from)
         have = counts_repo.rollup_rows(conn, phone_number_id)
         rollups_differing = sum(
             1 for key in should.keys() | have.keys() if should.get(key, 0) != have.get(key, 0)

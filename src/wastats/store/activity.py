@@ -43,3 +43,16 @@ def newest_event(conn: Connection, phone_number_ids: Iterable[str]) -> int | Non
         if value is not None and (best is None or int(value) > best):
             best = int(value)
     return best
+
+
+def newest_events(conn: Connection, phone_number_ids: Iterable[str]) -> dict[str, int]:
+    """{phone_number_id: newest_event} of these numbers (those with any)."""
+    out: dict[str, int] = {}
+    for part in chunks(sorted(set(phone_number_ids))):
+        rows = conn.execute(
+            select(number_activity.c.phone_number_id, number_activity.c.newest_event).where(
+                number_activity.c.phone_number_id.in_(part)
+            )
+        )
+        out.update({number: int(newest) for number, newest in rows})
+    return out

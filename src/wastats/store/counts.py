@@ -248,10 +248,20 @@ def rollup_key(phone_number_id: str, unit: CountedUnit, zone: ZoneInfo) -> Rollu
 
 
 def rollups_of(
-    phone_number_id: str, units: Iterable[CountedUnit], zone: ZoneInfo
+    phone_number_id: str,
+    units: Iterable[CountedUnit],
+    zone: ZoneInfo,
+    counts_from: int | None = None,
 ) -> dict[RollupKey, int]:
-    """What the rollups of one number must be, given all its counted units."""
-    return dict(Counter(rollup_key(phone_number_id, unit, zone) for unit in units))
+    """What the rollups of one number must be, given all its counted units: those from
+    `counts_from` on (the number's registration's; None for all), as the pipeline counts."""
+    return dict(
+        Counter(
+            rollup_key(phone_number_id, unit, zone)
+            for unit in units
+            if counts_from is None or unit.timestamp >= counts_from
+        )
+    )
 
 
 def replace_rollups(conn: Connection, phone_number_id: str, rows: Mapping[RollupKey, int]) -> None:

@@ -103,7 +103,23 @@ business_numbers = Table(
     Column("business_name", String(200)),
     Column("coexistence", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
+    # Unix seconds: units older than this are not the account's (the number came from another
+    # account; docs/counting.md, "Moving a number"). NULL: all of the number's history counts.
+    Column("counts_from", BigInteger),
     Index(None, "account_id"),
+)
+
+released_numbers = Table(
+    "released_numbers",
+    metadata,
+    # Who last unregistered a number, so that adding it again knows whether it changes hands.
+    # SET NULL, not CASCADE: a deleted account's number must still count as another's history
+    # (and SQLite may reuse a deleted account's id).
+    Column("phone_number_id", String(64), primary_key=True),
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="SET NULL")),
+    Column("released_at", BigInteger, nullable=False),
+    # The released registration's own `counts_from`, restored if the same account adds it back.
+    Column("counts_from", BigInteger),
 )
 
 # --- number tables: rollups -------------------------------------------------------------------
