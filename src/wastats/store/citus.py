@@ -39,6 +39,7 @@ REFERENCE: tuple[str, ...] = (
     "business_numbers",
     "service_state",
     "meta_sync_state",  # one row per linked WABA (migration 0008)
+    "released_numbers",  # which account last let a number go (migration 0010)
 )
 """Small tables copied to every node (joined with distributed tables)."""
 

@@ -1,7 +1,7 @@
 """A moved number counts for its new owner from the move on: counts_from, released_numbers
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02
 
 Why: issue 11. A number removed from one account and added to another showed the new owner
@@ -10,7 +10,6 @@ is where the new owner's counts start; `released_numbers` remembers which accoun
 removed a number, so adding it back decides whether it changed hands (docs/counting.md).
 Existing registrations keep all their history (NULL).
 
-(Another branch also adds a 0009; whoever merges re-chains one onto the other.)
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+from wastats.store.migrations.citus import distribute_new_table
+
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
@@ -43,6 +44,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("phone_number_id", name=op.f("pk_released_numbers")),
     )
+    distribute_new_table("released_numbers")  # on an already distributed Citus database
 
 
 def downgrade() -> None:
