@@ -298,9 +298,9 @@ def test_deliveries_commit_with_the_inbox_row(
     db = Database(database_url)
     try:
         with db.read() as conn:
-            stored = dict(
-                (int(i), bytes(b)) for i, b in conn.execute(select(inbox.c.id, inbox.c.body)).all()
-            )
+            # Bodies are sealed at rest: opened as the service opens them.
+            ids = [int(i) for (i,) in conn.execute(select(inbox.c.id))]
+            stored = dict(inbox_repo.load_bodies(conn, ids, TEST_SEALER, states=ALL_STATES))
             queued = store.delivery_states(conn, destination)
     finally:
         db.dispose()

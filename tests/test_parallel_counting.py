@@ -185,13 +185,18 @@ def test_batches_for_numbers_in_other_partitions_do_not_wait(
         ids = {n: store_bodies(db, [body(n, USERS[0])]) for n in (first, other)}
         with db.write() as holding:
             holding.execute(text("SET LOCAL lock_timeout = '20s'"))
-            report = partitions._count_group(holding, pipeline, ids[first], 0)
+            report = partitions._count_group(holding, pipeline, TEST_SEALER, ids[first], 0, True)
             assert report.inbound == 1  # counted, not committed: its partition's lock is held
             # Another number's batch goes through meanwhile (a global lock would make it wait
             # for the transaction above, which this thread holds open: lock_timeout fails it).
             with db.write() as conn:
                 conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                assert partitions._count_group(conn, pipeline, ids[other], 0).inbound == 1
+                assert (
+                    partitions._count_group(
+                        conn, pipeline, TEST_SEALER, ids[other], 0, True
+                    ).inbound
+                    == 1
+                )
             # The same number's partition is taken: a try says so instead of waiting.
             with db.write() as conn:
                 partition = locks_repo.partition_of(first)

@@ -12,6 +12,7 @@ will do it, with the others) nothing happens.
 from __future__ import annotations
 
 from alembic import op
+from sqlalchemy import text
 
 from wastats.store import citus
 
@@ -24,4 +25,9 @@ def distribute_new_table(table: str) -> None:
         return
     done = citus.roles(conn)
     if done:  # already distributed: the new table must be too, or joins with it fail
+        # One connection per node for the rest of the migration's transaction: after a table
+        # is distributed in parallel, creating a table with a foreign key to a reference table
+        # (or changing one) in the same transaction fails ("cannot modify table ... because
+        # there was a parallel operation on a distributed table").
+        conn.execute(text("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"))
         citus.distribute_table(conn, table, done)
