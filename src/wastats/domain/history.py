@@ -95,6 +95,12 @@ def current_card(conn: Connection) -> ratecards.RateCard:
     return ratecards.parse(stored) if stored else ratecards.shipped()
 
 
+def any_synced(conn: Connection) -> bool:
+    """Whether any WABA was ever linked: without one, `merge_reported` changes nothing, and the
+    observed answer can be sent as it is."""
+    return bool(meta_repo.list_states(conn))
+
+
 def merge_reported(
     conn: Connection, q: Question, doc: dict[str, object], now: int
 ) -> dict[str, object]:
