@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         await ctx.run(forwarding.start)
         ingest.start()
         # Meta's record syncs in its own thread: a slow Graph API never delays a webhook.
-        meta_sync = SyncRunner(db, settings, clock) if SyncRunner.wanted(settings) else None
+        meta_sync = SyncRunner(db, settings, clock, sealer) if SyncRunner.wanted(settings) else None
         if meta_sync is not None:
             meta_sync.start()
         try:

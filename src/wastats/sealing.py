@@ -16,6 +16,12 @@ each body is sealed before it is stored:
   nonces; a service that sees a billion bodies a year should rotate yearly).
 * **Associated data**: the body's SHA-256, which is its inbox row's key, so a sealed body
   copied into another row does not open.
+
+The same secrets seal the per-account Meta access tokens (`meta_tokens`, docs/meta-record.md),
+through `BodySealer.for_meta_tokens()`: another HKDF `info`, so a token key is not a body key
+(one leaked key opens one kind of secret), the same key ids, so one `WASTATS_BODY_KEYS` rotation
+covers both; the associated data is the account, so a sealed token copied to another account's
+row does not open.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 _NONCE_BYTES = 12
 _BODY_INFO = b"wastats inbox body AES-256-GCM v1"
 _KEY_ID_INFO = b"wastats inbox body key id v1"
+_META_TOKEN_INFO = b"wastats meta access token AES-256-GCM v1"
 
 
 class BodyUnreadable(Exception):
@@ -44,16 +51,21 @@ def _derive(secret: bytes, info: bytes, length: int) -> bytes:
 class BodySealer:
     """Seals with the first secret's key; opens with any of them, chosen by the stored key id."""
 
-    def __init__(self, secrets: Sequence[bytes]) -> None:
+    def __init__(self, secrets: Sequence[bytes], *, info: bytes = _BODY_INFO) -> None:
         if not secrets:
             raise ValueError("at least one secret is needed to seal bodies")
+        self._secrets = tuple(secrets)
         self._keys: dict[str, AESGCM] = {}
         for secret in secrets:
             key_id = _derive(secret, _KEY_ID_INFO, 4).hex()
-            self._keys.setdefault(key_id, AESGCM(_derive(secret, _BODY_INFO, 32)))
+            self._keys.setdefault(key_id, AESGCM(_derive(secret, info, 32)))
         self.key_id = _derive(secrets[0], _KEY_ID_INFO, 4).hex()
         """The id stored beside every body sealed now."""
         self._sealing = self._keys[self.key_id]
+
+    def for_meta_tokens(self) -> BodySealer:
+        """A sealer for Meta access tokens: the same secrets and key ids, keys of their own."""
+        return BodySealer(self._secrets, info=_META_TOKEN_INFO)
 
     @property
     def key_ids(self) -> list[str]:

@@ -103,6 +103,8 @@ class FakeWaba:
     """If > 0, besides `points`, this many data points per number and UTC day are generated
     (deterministically from the WABA, number and day), for benchmarks and the walk-through."""
     with_cost: bool = True
+    token: str | None = None
+    """The token that may read this WABA (a business's own system user); None: the fake's."""
 
 
 @dataclass(slots=True)
@@ -123,6 +125,10 @@ class FakeGraph:
     fault: Fault | None = None
     requests: list[str] = field(default_factory=list)
     """Path and query of every request, for tests that check what the client asked."""
+    tokens_used: list[tuple[str, str]] = field(default_factory=list)
+    """(WABA id, bearer token) of every request, for tests that check which token was sent."""
+    expired: set[str] = field(default_factory=set)
+    """Tokens answered with error 190 (session expired), whatever WABA they ask for."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     unhang: threading.Event = field(default_factory=threading.Event)
     """Set it to end every hanging answer (before stopping the server)."""
@@ -244,10 +250,18 @@ async def _fault_answer(state: FakeGraph, fault: Fault, waba_id: str) -> Respons
     )
 
 
-def _authorized(state: FakeGraph, request: Request) -> bool:
+def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     token = header[7:] if header.lower().startswith("bearer ") else ""
-    token = token or request.query_params.get("access_token", "")
+    return token or request.query_params.get("access_token", "")
+
+
+def _authorized(state: FakeGraph, token: str, waba_id: str) -> bool:
+    """The fake's token reads every WABA without a token of its own; a WABA's own token reads
+    that WABA (like a business's system user, which sees only its business's WABAs)."""
+    waba = state.wabas.get(waba_id)
+    if waba is not None and waba.token is not None:
+        return token == waba.token
     return token == state.token
 
 
@@ -300,7 +314,12 @@ async def _waba_node(request: Request) -> Response:
     version, waba_id = request.path_params["version"], request.path_params["waba_id"]
     edge = request.path_params.get("edge", "")
     state.requests.append(f"{request.url.path}?{request.url.query}")
-    if not _authorized(state, request):
+    token = _bearer(request)
+    with state.lock:
+        state.tokens_used.append((waba_id, token))
+    if token in state.expired:
+        return _error(401, 190, "Error validating access token: Session has expired.", subcode=463)
+    if not _authorized(state, token, waba_id):
         return _error(400, 190, "Invalid OAuth access token - Cannot parse access token")
     fault = state._take_fault()
     if fault is not None:

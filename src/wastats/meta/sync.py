@@ -23,8 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wastats.meta.graph import RETRYABLE, DataPoint, GraphClient, GraphError
+from wastats.meta.tokens import MetaTokens, TokenChoice
+from wastats.sealing import BodySealer
 from wastats.settings import Settings
 from wastats.store import meta as repo
+from wastats.store import meta_tokens as token_repo
 from wastats.store.db import Database
 from wastats.store.meta import ReportedRow
 
@@ -50,7 +53,10 @@ class SyncOutcome:
     chunks: int
     error: str | None = None
     skipped: bool = False
-    """Another process holds the WABA, or it is not due."""
+    """Another process holds the WABA, or it is not due; or (with `error`) it has no token and
+    no sync state, so nothing was recorded."""
+    error_kind: str | None = None
+    """`GraphError.kind` of `error` (`token` also when the WABA has no token to sync with)."""
 
 
 def rows_of(
@@ -146,25 +152,12 @@ def sync_waba(
                 conn, waba_id, now, str(exc), next_try_after(exc, now, failures, interval)
             )
         log.warning("Meta sync of WABA %s failed: %s", waba_id, exc)
-        return SyncOutcome(waba_id, rows_total, chunks, error=str(exc))
+        return SyncOutcome(waba_id, rows_total, chunks, error=str(exc), error_kind=exc.kind)
     if orphans:
         log.warning("Meta sync of WABA %s: %d data points of unknown numbers", waba_id, orphans)
     with db.write() as conn:
         repo.record_success(conn, waba_id, now, now + max(interval, 60))
     return SyncOutcome(waba_id, rows_total, chunks)
-
-
-def client_from(
-    settings: Settings, *, token: str | None = None, timeout: float = 60.0
-) -> GraphClient:
-    secret = token or (
-        settings.meta_access_token.get_secret_value() if settings.meta_access_token else None
-    )
-    if not secret:
-        raise GraphError("token", "no Meta access token configured (WASTATS_META_ACCESS_TOKEN)")
-    return GraphClient(
-        settings.meta_graph_url, settings.meta_graph_version, secret, timeout=timeout
-    )
 
 
 def sync_all(
@@ -194,22 +187,122 @@ def sync_all(
     return outcomes
 
 
+def record_refusal(
+    db: Database, waba_id: str, message: str, *, now: int, interval: int, force: bool = False
+) -> SyncOutcome:
+    """Record, as the WABA's last error, why it is not synced without asking Meta (it has no
+    token, or its token already failed this round). Only for a WABA that has a sync state (linked
+    or synced before): one nobody asked to sync gets no state, so its statistics stay as they
+    were (a state is what turns Meta's record on for a number)."""
+    with db.write() as conn:
+        if repo.get_state(conn, waba_id) is None:
+            # Said (`meta sync` prints it), not recorded.
+            return SyncOutcome(waba_id, 0, 0, error=message, skipped=True, error_kind="token")
+        if not repo.claim(conn, waba_id, now, now + LEASE_SECONDS, force=force):
+            return SyncOutcome(waba_id, 0, 0, skipped=True)
+        repo.record_error(conn, waba_id, now, message, now + max(interval, 60))
+    return SyncOutcome(waba_id, 0, 0, error=message, error_kind="token")
+
+
+def sync_with_tokens(
+    db: Database,
+    settings: Settings,
+    tokens: MetaTokens,
+    *,
+    now: Callable[[], float],
+    interval: int,
+    force: bool = False,
+    waba_ids: list[str] | None = None,
+    override: str | None = None,
+    stop: threading.Event | None = None,
+    timeout: float = 60.0,
+) -> list[SyncOutcome]:
+    """Sync every known WABA (or `waba_ids`) with its own token (`meta.tokens`): one Graph
+    client per distinct token. A token Meta refuses (190) fails only the WABAs that use it: the
+    rest of its WABAs are marked with the same error without another request, and the WABAs of
+    other tokens go on. A WABA without a token is skipped with that reason."""
+    with db.write() as conn:
+        tokens.reseal(conn)  # after a rotation of WASTATS_BODY_KEYS (docs/security.md)
+        choices = tokens.choose(conn, settings, override=override)
+    if waba_ids is not None:
+        wanted = set(waba_ids)
+        known = {c.waba_id for c in choices}
+        choices = [c for c in choices if c.waba_id in wanted]
+        # A WABA named on the command line but not known yet: the global token (or the
+        # override) is all there is for it.
+        choices += [
+            c
+            for w in sorted(wanted - known)
+            for c in tokens.choose_unknown(w, settings, override=override)
+        ]
+    groups: dict[str | None, list[TokenChoice]] = {}
+    for choice in choices:
+        groups.setdefault(choice.token, []).append(choice)
+    outcomes: list[SyncOutcome] = []
+    for token, group in groups.items():
+        if token is None:
+            for choice in group:
+                outcomes.append(
+                    record_refusal(
+                        db, choice.waba_id, choice.problem or "token: none",
+                        now=int(now()), interval=interval, force=force,
+                    )
+                )  # fmt: skip
+            continue
+        refused: SyncOutcome | None = None
+        client = GraphClient(
+            settings.meta_graph_url, settings.meta_graph_version, token, timeout=timeout
+        )
+        with client:
+            for choice in group:
+                if stop is not None and stop.is_set():
+                    return outcomes
+                if refused is not None:
+                    outcomes.append(
+                        record_refusal(
+                            db, choice.waba_id,
+                            f"{refused.error} (the same token as WABA {refused.waba_id})",
+                            now=int(now()), interval=interval, force=force,
+                        )
+                    )  # fmt: skip
+                    continue
+                outcome = sync_waba(
+                    db, client, choice.waba_id, now=int(now()), interval=interval, force=force
+                )
+                if outcome.error_kind == "token":
+                    refused = outcome
+                outcomes.append(outcome)
+    return sorted(outcomes, key=lambda o: o.waba_id)
+
+
 class SyncRunner:
     """The service's background sync: its own thread, its own transactions."""
 
     POLL_SECONDS = 60.0
     """How often due WABAs are looked for (a rate-limited WABA may be due before the interval)."""
 
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, clock: Callable[[], float], sealer: BodySealer
+    ) -> None:
         self._db = db
         self._settings = settings
         self._clock = clock
+        self._tokens = MetaTokens(sealer)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
     def wanted(settings: Settings) -> bool:
-        return settings.meta_access_token is not None and settings.meta_sync_interval > 0
+        """Whether to run the thread at all. Not only with a global token: an account's own
+        token may be set at any time (`wastats meta token set`), and is picked up without a
+        restart; a round with no token anywhere is one small query (`_has_work`)."""
+        return settings.meta_sync_interval > 0
+
+    def _has_work(self) -> bool:
+        if self._settings.meta_access_token is not None:
+            return True
+        with self._db.read() as conn:
+            return token_repo.any_token(conn)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wastats-meta-sync", daemon=True)
@@ -226,8 +319,11 @@ class SyncRunner:
         interval = self._settings.meta_sync_interval
         while not self._stop.is_set():
             try:
-                with client_from(self._settings) as client:
-                    sync_all(self._db, client, now=self._clock, interval=interval, stop=self._stop)
+                if self._has_work():
+                    sync_with_tokens(
+                        self._db, self._settings, self._tokens,
+                        now=self._clock, interval=interval, stop=self._stop,
+                    )  # fmt: skip
             except Exception:  # the sync must never take the service down
                 log.exception("Meta sync round failed")
             self._stop.wait(min(self.POLL_SECONDS, float(interval)))

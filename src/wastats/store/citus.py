@@ -40,6 +40,7 @@ REFERENCE: tuple[str, ...] = (
     "service_state",
     "meta_sync_state",  # one row per linked WABA (migration 0008)
     "released_numbers",  # which account last let a number go (migration 0010)
+    "meta_tokens",  # an account's own sealed Meta token, one row per account (migration 0011)
 )
 """Small tables copied to every node (joined with distributed tables)."""
 

@@ -342,6 +342,19 @@ meta_sync_state = Table(
     Column("lease_until", BigInteger, nullable=False, default=0),
 )
 
+# An account's own Meta access token (used for its WABAs instead of WASTATS_META_ACCESS_TOKEN),
+# sealed like raw bodies (wastats.sealing, `for_meta_tokens`), bound to the account: a copy of
+# the database never gives a token away. `key_id` names the key that sealed it, so a rotation of
+# WASTATS_BODY_KEYS can find and reseal the tokens still sealed with an old key.
+meta_tokens = Table(
+    "meta_tokens",
+    metadata,
+    Column("account_id", Id64, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("set_at", BigInteger, nullable=False),
+)
+
 # --- forwarding to the customer's own webhook consumer (issue 15) ------------------------------
 
 forward_destinations = Table(
