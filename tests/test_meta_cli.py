@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import make_settings
+from conftest import SECRET_KEY, make_settings
 from fakegraph import TOKEN, fake_graph
 from helpers import add_number, create_tenant
 from wastats.cli.main import app
@@ -44,7 +44,12 @@ def test_link_registers_the_missing_numbers_and_syncs(database_url: str, tmp_pat
     token_file.write_text(TOKEN + "\n")
     state = _fake()
     with fake_graph(state) as url:
-        env = {"WASTATS_DATABASE_URL": database_url, "WASTATS_META_GRAPH_URL": url}
+        # The secret key too: --token-file stores the token sealed under the deployment's keys.
+        env = {
+            "WASTATS_DATABASE_URL": database_url,
+            "WASTATS_META_GRAPH_URL": url,
+            "WASTATS_SECRET_KEY": SECRET_KEY,
+        }
         code, out = _run(
             env, "meta", "link", "--account", tenant.client_id, "--waba", "4242",
             "--token-file", str(token_file),
@@ -90,7 +95,7 @@ def test_without_a_token_link_says_so(database_url: str) -> None:
     settings = make_settings(database_url)
     tenant = create_tenant(settings)
     code, out = _run(
-        {"WASTATS_DATABASE_URL": database_url},
+        {"WASTATS_DATABASE_URL": database_url, "WASTATS_SECRET_KEY": SECRET_KEY},
         "meta", "link", "--account", tenant.client_id, "--waba", "4242",
     )  # fmt: skip
     assert code == 1

@@ -18,7 +18,7 @@ from wastats.ingest.identity import SecretKeyMissing, load_body_sealer
 from wastats.meta.graph import GraphClient, GraphError
 from wastats.meta.link import link_waba
 from wastats.meta.sync import SyncOutcome, sync_waba, sync_with_tokens
-from wastats.meta.tokens import NO_TOKEN, MetaTokens, check_token
+from wastats.meta.tokens import NO_TOKEN, MetaTokens, check_token, global_token
 from wastats.store import meta as repo
 from wastats.store import meta_tokens as token_repo
 
@@ -115,7 +115,7 @@ def link(
     elif stored is not None:
         fail(f"the account's Meta token does not open ({stored}); set it again with --token-file")
     else:
-        token = s.meta_access_token.get_secret_value() if s.meta_access_token else None
+        token = global_token(s)
     if token is None:
         fail(NO_TOKEN.removeprefix("token: ").replace("this WABA", f"account {account}")
              + ", or give --token-file")  # fmt: skip

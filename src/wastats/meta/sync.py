@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wastats.meta.graph import RETRYABLE, DataPoint, GraphClient, GraphError
-from wastats.meta.tokens import MetaTokens, TokenChoice
+from wastats.meta.tokens import MetaTokens, TokenChoice, global_token
 from wastats.sealing import BodySealer
 from wastats.settings import Settings
 from wastats.store import meta as repo
@@ -299,7 +299,7 @@ class SyncRunner:
         return settings.meta_sync_interval > 0
 
     def _has_work(self) -> bool:
-        if self._settings.meta_access_token is not None:
+        if global_token(self._settings) is not None:
             return True
         with self._db.read() as conn:
             return token_repo.any_token(conn)

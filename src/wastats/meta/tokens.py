@@ -42,6 +42,12 @@ NO_TOKEN = (
 )
 
 
+def global_token(settings: Settings) -> str | None:
+    """`WASTATS_META_ACCESS_TOKEN`, None when unset or empty."""
+    value = settings.meta_access_token
+    return (value.get_secret_value().strip() or None) if value is not None else None
+
+
 def _bound_to(account_id: int) -> str:
     # Associated data: a sealed token copied into another account's row does not open.
     return f"meta-token/account/{account_id}"
@@ -130,9 +136,7 @@ class MetaTokens:
         if override is not None:
             return [TokenChoice(w, a, OVERRIDE, override) for w, a in wabas.items()]
         own = self.opened(conn)
-        global_token = (
-            settings.meta_access_token.get_secret_value() if settings.meta_access_token else None
-        )
+        shared = global_token(settings)
         out: list[TokenChoice] = []
         for waba_id, account_id in wabas.items():
             mine = own.get(account_id) if account_id is not None else None
@@ -144,8 +148,8 @@ class MetaTokens:
                 )))  # fmt: skip
             elif mine is not None:
                 out.append(TokenChoice(waba_id, account_id, ACCOUNT, mine))
-            elif global_token:
-                out.append(TokenChoice(waba_id, account_id, GLOBAL, global_token))
+            elif shared is not None:
+                out.append(TokenChoice(waba_id, account_id, GLOBAL, shared))
             else:
                 out.append(TokenChoice(waba_id, account_id, NONE, problem=NO_TOKEN))
         return out
@@ -156,8 +160,7 @@ class MetaTokens:
         """The token of a WABA no account is known for yet: the override, else the global one."""
         if override is not None:
             return [TokenChoice(waba_id, None, OVERRIDE, override)]
-        if settings.meta_access_token is not None:
-            return [
-                TokenChoice(waba_id, None, GLOBAL, settings.meta_access_token.get_secret_value())
-            ]
+        shared = global_token(settings)
+        if shared is not None:
+            return [TokenChoice(waba_id, None, GLOBAL, shared)]
         return [TokenChoice(waba_id, None, NONE, problem=NO_TOKEN)]
