@@ -178,7 +178,7 @@ def test_a_market_row_wins_over_the_default() -> None:
         ("# v\n# source: s\n# date: d\nmarket,category\n*,x\n", "header"),
         ("# v\n# source: s\n# date: d\n"
          "market,category,pricing_type,tier,currency,rate,effective_from,effective_to\n"
-         "*,marketing,regular,,USD,cheap,,\n", "line 2"),
+         "*,marketing,regular,,USD,cheap,,\n", "line 5"),
         ("# v\n# source: s\n# date: d\n"
          "market,category,pricing_type,tier,currency,rate,effective_from,effective_to\n"
          "*,marketing,regular,,USD,0.1,July,\n", "effective_from"),

@@ -408,16 +408,67 @@ ratecard_app = typer.Typer(help="The rate card behind cost estimates.")
 
 @ratecard_app.command("import")
 def ratecard_import(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Rate card CSV (see docs).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="Meta's published rate card (CSV, or its spreadsheet saved as CSV), or a card "
+            "in wastats' own format (docs/meta-record.md).",
+        ),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="Where the card comes from (stored with it)."),
+    ] = None,
+    effective_from: Annotated[
+        str | None,
+        typer.Option(
+            metavar="YYYY-MM-DD",
+            help="The day Meta's card takes effect (default: the date in its title rows).",
+        ),
+    ] = None,
 ) -> None:
-    """Replace the rate card used for estimates (the shipped one is an illustrative sample)."""
-    from wastats.domain import ratecard
+    """Replace the rate card used for estimates (the shipped one is an illustrative sample).
+    A card in Meta's layout takes effect on its date; the card imported before it keeps
+    pricing the days before."""
+    from datetime import date
+
+    from wastats.domain import ratecard, ratecard_meta
+    from wastats.domain.history import current_card
 
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {file}: {exc}")
+        raw = file.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    if raw.startswith(b"PK\x03\x04"):
+        fail(f"{file} is a spreadsheet (.xlsx): open it, save it as CSV, and import the CSV")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        fail(f"{file} is not UTF-8 text (byte {exc.start}): save it as CSV in UTF-8")
+    if source is not None and (not source.strip() or not source.isprintable()):
+        fail("--source: give a URL or a short description on one line")
+    when: date | None = None
+    if effective_from is not None:
+        try:
+            when = date.fromisoformat(effective_from)
+        except ValueError:
+            fail(f"--effective-from: {effective_from!r} is not a date YYYY-MM-DD")
+    regions: tuple[str, ...] = ()
     with database(write=True) as conn:
+        if ratecard_meta.is_meta_layout(text):
+            previous = current_card(conn) if repo.stored_ratecard(conn) else None
+            meta_card = ratecard_meta.convert(
+                text, name=file.name, source=source, effective_from=when, previous=previous,
+                today=datetime.fromtimestamp(now(), UTC).date(),
+            )  # fmt: skip
+            text, regions = meta_card.text, meta_card.regions
+        elif when is not None:
+            fail("--effective-from is for Meta's layout; a wastats card has its own dates")
+        elif source is not None:
+            lines = text.splitlines()
+            at = 1 if lines and lines[0].startswith("#") else 0
+            text = "\n".join([*lines[:at], f"# source: {source}", *lines[at:]]) + "\n"
         card = ratecard.parse(text)  # InvalidInput becomes one red line
         repo.store_ratecard(conn, text)
     console.print(
@@ -425,6 +476,12 @@ def ratecard_import(
         f"date: {card.date}.",
         highlight=False,
     )
+    if regions:
+        console.print(
+            f"{', '.join(regions)}: priced at the `Other` rate (Meta's card does not say which "
+            "countries a region holds).",
+            highlight=False,
+        )
 
 
 @ratecard_app.command("show")

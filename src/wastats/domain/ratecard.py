@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -91,11 +92,20 @@ def parse(text: str) -> RateCard:
     when = next((c[5:].strip() for c in comments if c.lower().startswith("date:")), "")
     if not source or not when:
         raise InvalidInput("a rate card needs `# source: ...` and `# date: ...` comment lines")
-    body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    reader = csv.DictReader(io.StringIO("\n".join(body)))
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-        raise InvalidInput(f"the rate card's header must be: {','.join(COLUMNS)}")
-    rates = [_rate(row, n) for n, row in enumerate(reader, start=2)]
+    # Errors name the file's own line numbers: comment and blank lines count.
+    body = [
+        (n, ln)
+        for n, ln in enumerate(text.splitlines(), start=1)
+        if ln.strip() and not ln.startswith("#")
+    ]
+    reader = csv.DictReader(io.StringIO("\n".join(ln for _, ln in body)))
+    try:
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            where = f"line {body[0][0]}: " if body else ""
+            raise InvalidInput(f"{where}the rate card's header must be: {','.join(COLUMNS)}")
+        rates = [_rate(row, body[reader.line_num - 1][0]) for row in reader]
+    except csv.Error as exc:
+        raise InvalidInput(f"line {body[reader.line_num - 1][0]}: {exc}") from None
     if not rates:
         raise InvalidInput("the rate card has no rates")
     return RateCard(version, source, when, tuple(rates), text)
@@ -103,10 +113,14 @@ def parse(text: str) -> RateCard:
 
 def _rate(row: dict[str, str], n: int) -> Rate:
     """Line `n` of the card as a rate, or InvalidInput naming the line."""
+    if None in row.values() or None in row:
+        raise InvalidInput(f"line {n}: expected {len(COLUMNS)} columns ({','.join(COLUMNS)})")
     try:
         rate = float(row["rate"])
     except (TypeError, ValueError):
         raise InvalidInput(f"line {n}: rate {row['rate']!r} is not a number") from None
+    if not math.isfinite(rate):
+        raise InvalidInput(f"line {n}: rate {row['rate']!r} is not a number")
     if rate < 0 or not row["currency"] or len(row["currency"]) != 3:
         raise InvalidInput(f"line {n}: a rate needs a currency code and a rate >= 0")
     return Rate(
