@@ -10,9 +10,9 @@ the one that linked it, else the one its registered numbers belong to
 Account tokens are stored sealed (`BodySealer.for_meta_tokens`: AES-256-GCM under keys of their
 own derived from the body keys, the account as associated data) and opened only to build the
 sync's HTTP client; they are never logged, printed or put in an error message. When
-`WASTATS_BODY_KEYS` rotates, `reseal` moves tokens sealed with an old key to the new one (the
-service does it at the start of every sync round, `wastats meta status` too), after which the old
-key may be dropped.
+`WASTATS_BODY_KEYS` rotates, `reseal` moves tokens sealed with an old key to the new one (at the
+start of every sync round, the service's and `wastats meta sync`'s), after which the old key may
+be dropped.
 """
 
 from __future__ import annotations
