@@ -5,11 +5,14 @@ and the CLI reads tokens from files or standard input without ever showing them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import SECRET_KEY, make_settings
@@ -20,7 +23,7 @@ from wastats.cli.main import app as cli_app
 from wastats.meta.fake_graph import FakeGraph, FakeNumber, FakeWaba
 from wastats.meta.sync import sync_with_tokens
 from wastats.meta.tokens import MetaTokens, check_token
-from wastats.sealing import BodySealer
+from wastats.sealing import BodySealer, BodyUnreadable
 from wastats.store import meta as repo
 from wastats.store import meta_tokens as token_repo
 from wastats.store.db import Database
@@ -134,7 +137,10 @@ def test_each_waba_is_synced_with_its_accounts_token_and_tokens_are_sealed(
         assert TOKEN_B.encode() not in stored
 
 
-def test_a_refused_token_fails_only_the_wabas_that_use_it(database_url: str) -> None:
+def test_a_refused_token_fails_only_the_wabas_that_use_it(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # httpx's request lines and the sync's warnings included
     settings = make_settings(database_url)
     a, b = create_tenant(settings, "A"), create_tenant(settings, "B")
     state = _fake()
@@ -171,6 +177,9 @@ def test_a_refused_token_fails_only_the_wabas_that_use_it(database_url: str) -> 
         for st in states.values():
             assert TOKEN_A not in (st.last_error or "")
             assert TOKEN_B not in (st.last_error or "")
+        assert "expired" in caplog.text  # the failure is logged ...
+        assert TOKEN_A not in caplog.text  # ... never the token
+        assert TOKEN_B not in caplog.text
     finally:
         db.dispose()
 
@@ -331,3 +340,36 @@ def test_the_service_syncs_with_an_accounts_token_without_a_global_one(
                 threading.Event().wait(0.01)
         assert reached.is_set(), "the sync thread did not start without a global token"
     assert {t for _, t in state.tokens_used} == {TOKEN_A}
+
+
+_tokens = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=300
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(token=_tokens, account=st.integers(1, 2**40), other=st.integers(1, 2**40))
+def test_sealing_opens_only_for_its_account_and_never_with_a_body_key(
+    token: str, account: int, other: int
+) -> None:
+    body = BodySealer([SECRET_KEY.encode()])
+    tokens = body.for_meta_tokens()
+    bound = f"meta-token/account/{account}"
+    sealed = tokens.seal(token.encode(), bound)
+    if len(token) >= 16:  # (a byte or two may turn up in random ciphertext by chance)
+        assert token.encode() not in sealed
+    assert tokens.open(sealed, tokens.key_id, bound) == token.encode()
+    assert tokens.key_id == body.key_id  # one rotation of the body keys covers both
+    with pytest.raises(BodyUnreadable):
+        body.open(sealed, body.key_id, bound)  # a body key is not a token key
+    if other != account:
+        with pytest.raises(BodyUnreadable):
+            tokens.open(sealed, tokens.key_id, f"meta-token/account/{other}")
+
+
+def test_fake_graph_refuses_a_bad_waba_token_option(database_url: str) -> None:
+    code, out = _run(
+        {"WASTATS_DATABASE_URL": database_url}, "dev", "fake-graph", "--waba-token", "9999=x"
+    )
+    assert code == 1
+    assert "WABA_ID=TOKEN" in out

@@ -221,8 +221,14 @@ def sync_with_tokens(
     client per distinct token. A token Meta refuses (190) fails only the WABAs that use it: the
     rest of its WABAs are marked with the same error without another request, and the WABAs of
     other tokens go on. A WABA without a token is skipped with that reason."""
-    with db.write() as conn:
-        tokens.reseal(conn)  # after a rotation of WASTATS_BODY_KEYS (docs/security.md)
+    with db.read() as conn:
+        stale = tokens.stale(conn)
+    if stale:
+        # After a rotation of WASTATS_BODY_KEYS (docs/security.md). A write transaction only
+        # then: on SQLite it queues with the webhooks' writes.
+        with db.write() as conn:
+            tokens.reseal(conn)
+    with db.read() as conn:
         choices = tokens.choose(conn, settings, override=override)
     if waba_ids is not None:
         wanted = set(waba_ids)

@@ -98,6 +98,10 @@ class MetaTokens:
     def clear(self, conn: Connection, client_id: str) -> bool:
         return repo.remove(conn, get_account(conn, client_id).id)
 
+    def stale(self, conn: Connection) -> bool:
+        """Whether any token is sealed with a key other than the current one."""
+        return any(row.key_id != self._sealer.key_id for row in repo.sealed_tokens(conn))
+
     def reseal(self, conn: Connection) -> int:
         """Reseal every token sealed with a key other than the current one (after a rotation of
         `WASTATS_BODY_KEYS`); how many were. A token no configured key opens is left as it is
