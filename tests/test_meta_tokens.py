@@ -299,6 +299,10 @@ def test_cli_token_set_from_stdin_or_file_clear_and_bad_tokens(
         code, status = _run(env, "meta", "status")
         row = next(ln for ln in status.splitlines() if "7001" in ln)
         assert "none" in row, status
+        # A WABA nobody linked, named without any token: said, and a failure.
+        code, out = _run(env, "meta", "sync", "--waba", "7003")
+        assert code == 1
+        assert "WABA 7003: not synced: token: no Meta access token" in out.replace("\n", " ")
         # With no token anywhere, the WABA is not synced and says why.
         code, out = _run(env, "meta", "sync")
         assert code == 1

@@ -187,7 +187,9 @@ def sync(
         console.print("No WABA to sync: link one with `wastats meta link`.")
     for outcome in outcomes:
         _print_outcome(outcome)
-    if any(o.error and not o.skipped for o in outcomes):
+    # A WABA named with --waba that was not synced is a failure; among all of them, one that has
+    # no token and was never linked is only said (another account's business, not Meta's).
+    if any(o.error and (waba or not o.skipped) for o in outcomes):
         raise typer.Exit(1)
 
 
