@@ -135,11 +135,14 @@ def test_csv_columns_follow_the_groups_and_unique() -> None:
     text = "".join(answers.csv_lines(_stats("Asia/Jerusalem", grouped=True, unique=True)))
     assert text == (
         "period,start,end,final,number,country,category,pricing,marketing,service,incoming,"
-        "total,uncounted,unique_marketing,unique_service,unique_incoming,unique_total\n"
+        "total,uncounted,unique_marketing,unique_service,unique_incoming,unique_total,"
+        "source,cost_source,cost_meta,cost_estimate,cost_estimate_currency\n"
         "2025-03,2025-03-01T00:00:00+02:00,2025-04-01T00:00:00+03:00,true,972501234567,,"
-        "service,free_customer_service,1,0,2,3,1,1,0,2,2\n"
+        "service,free_customer_service,1,0,2,3,1,1,0,2,2,,,,,\n"
     )
     plain = "".join(answers.csv_lines(_stats("UTC", grouped=False, unique=False)))
+    # Meta's record's columns are always there (empty until a WABA is linked).
     assert plain.splitlines()[0] == (
-        "period,start,end,final,marketing,service,incoming,total,uncounted"
+        "period,start,end,final,marketing,service,incoming,total,uncounted,"
+        "source,cost_source,cost_meta,cost_estimate,cost_estimate_currency"
     )
