@@ -111,6 +111,13 @@ def any_synced(conn: Connection) -> bool:
     return bool(meta_repo.list_states(conn))
 
 
+def account_linked(conn: Connection, account_id: int) -> bool:
+    """Whether a WABA of one of the account's numbers was ever linked or synced: the dashboard
+    asks for Meta's record (source, cost) only then."""
+    linked = {s.waba_id for s in meta_repo.list_states(conn)}
+    return any(n.waba_id in linked for n in numbers_repo.list_numbers(conn, account_id))
+
+
 def stats_answer(
     conn: Connection,
     q: Question,
