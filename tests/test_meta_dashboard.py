@@ -186,7 +186,7 @@ def test_main_dashboard_shows_source_and_cost(database_url: str, browser) -> Non
         # no cost, so the rate card's estimate (4 × 0.025), labelled as one.
         expect(rows.nth(0).locator("td")).to_have_text(
             ["2026-09", DIGITS, "marketing", "regular", "Meta's record", "4", "0", "unknown",
-             "≈ 0.10 USD (estimated)"]
+             "≈ 0.10 USD (estimate)"]
         )  # fmt: skip
         expect(rows.nth(1).locator("td")).to_have_text(
             ["2026-10", DIGITS, "utility", "regular", "Observed", "0", "2", "0", "0.01 (Meta's)"]

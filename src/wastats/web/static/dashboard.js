@@ -541,7 +541,7 @@
     const estimate = cost.source === "estimate" ? cost.amount : cost.estimate;
     if (meta !== undefined && meta !== null) parts.push(money(meta) + " (Meta's)");
     if (estimate !== undefined && estimate !== null) {
-      parts.push("≈ " + money(estimate) + (cost.currency ? " " + cost.currency : "") + " (estimated)");
+      parts.push("≈ " + money(estimate) + (cost.currency ? " " + cost.currency : "") + " (estimate)");
     }
     return parts.join(" + ");
   }
