@@ -195,6 +195,9 @@ def test_main_dashboard_shows_source_and_cost(database_url: str, browser) -> Non
             ["2026-11", DIGITS, "marketing", "regular", "Observed", "4", "0", "0", "0.10 (Meta's)"]
         )
         assert rows.nth(0).get_attribute("data-source") == "reported"
+        # The chart's figures say the same of September's Incoming: unknown, not 0.
+        figures = page.locator("#chart-body details table tbody tr").nth(0).locator("td")
+        expect(figures).to_have_text(["4", "0", "unknown", "4"])
         assert rows.nth(0).get_attribute("data-cost-source") == "estimate"
         # The way to the reconciliation page, for the same range.
         link = page.locator("#reconciliation-link")

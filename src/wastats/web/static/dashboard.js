@@ -158,6 +158,12 @@
     return node;
   }
 
+  // A count as shown: null is Incoming in a month only Meta reported (Meta has no counterpart
+  // of Incoming), which is unknown, not zero.
+  function count(value) {
+    return value === null ? "unknown" : numberFormat.format(value);
+  }
+
   function emptyMessage(parent, text) {
     parent.replaceChildren(html("p", { class: "empty" }, text));
   }
@@ -370,7 +376,7 @@
       const name = monthLabel(row.period, "long");
       svg("title", {}, g).textContent =
         name + (row.final ? "" : " (not final yet)") + ": " +
-        BUCKETS.map((b) => b.label + " " + numberFormat.format(row[b.key])).join(", ") +
+        BUCKETS.map((b) => b.label + " " + count(row[b.key])).join(", ") +
         "; total " + numberFormat.format(row.total);
       let stacked = 0;
       for (const b of BUCKETS) {
@@ -430,7 +436,7 @@
       const tr = html("tr", {}, null, body);
       html("th", { scope: "row" }, monthLabel(row.period) + (row.final ? "" : " *"), tr);
       for (const key of ["marketing", "service", "incoming", "total"]) {
-        html("td", { class: "num" }, numberFormat.format(row[key]), tr);
+        html("td", { class: "num" }, count(row[key]), tr);
       }
     }
     return details;
@@ -515,7 +521,7 @@
         "data-period": period,
         "data-bucket": key,
         "data-value": value,
-      }, numberFormat.format(value), tr);
+      }, count(value), tr);
     });
   }
 
@@ -587,7 +593,7 @@
       for (const key of ["marketing", "service", "incoming"]) {
         // Incoming is null where only Meta reported: it has no counterpart of Incoming.
         const value = row[key];
-        html("td", { class: "num" }, value === null ? "unknown" : numberFormat.format(value), tr);
+        html("td", { class: "num" }, count(value), tr);
       }
       html("td", { class: "cost" }, costLabel(row.cost), tr);
     }
