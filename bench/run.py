@@ -18,6 +18,10 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
           and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
   isolation  webhook acknowledgement p50/p99 idle and while four clients loop on the heaviest
           statistics questions (200 numbers, a year of units); bench_isolation.py.
+  meta    the first sync of Meta's record, 10 WABAs x 20 numbers x 365 days (--quick: 2 x 10)
+          from the fake Graph API into SQLite: wall time, rows/s, peak memory of the syncing
+          process (bench_meta_sync.py, run as its own process so earlier benchmarks' memory
+          does not count).
 """
 
 from __future__ import annotations
@@ -201,10 +205,19 @@ def run_isolation(work: Path, quick: bool) -> dict[str, Any]:
     return bench(work, 200_000 if quick else 1_000_000, 5 if quick else 15)
 
 
+def run_meta(quick: bool) -> dict[str, Any]:
+    command = [sys.executable, str(HERE / "bench_meta_sync.py"), *(["--quick"] if quick else [])]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
     parser.add_argument(
-        "--only", choices=["import", "http", "forward", "stats", "isolation"], default=None
+        "--only",
+        choices=["import", "http", "forward", "stats", "isolation", "meta"],
+        default=None,
     )
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
@@ -239,6 +252,10 @@ def main() -> None:
             print("isolation: webhooks while heavy statistics run ...", flush=True)
             results["isolation"] = run_isolation(work, args.quick)
             print(json.dumps(results["isolation"], indent=2), flush=True)
+        if args.only in (None, "meta"):
+            print("meta: first sync of Meta's record from the fake Graph API ...", flush=True)
+            results["meta"] = run_meta(args.quick)
+            print(json.dumps(results["meta"], indent=2), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -4,9 +4,12 @@ what the server writes, the client reads back to the same values."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
@@ -135,11 +138,49 @@ def test_csv_columns_follow_the_groups_and_unique() -> None:
     text = "".join(answers.csv_lines(_stats("Asia/Jerusalem", grouped=True, unique=True)))
     assert text == (
         "period,start,end,final,number,country,category,pricing,marketing,service,incoming,"
-        "total,uncounted,unique_marketing,unique_service,unique_incoming,unique_total\n"
+        "total,uncounted,unique_marketing,unique_service,unique_incoming,unique_total,"
+        "source,cost_source,cost_meta,cost_estimate,cost_estimate_currency\n"
         "2025-03,2025-03-01T00:00:00+02:00,2025-04-01T00:00:00+03:00,true,972501234567,,"
-        "service,free_customer_service,1,0,2,3,1,1,0,2,2\n"
+        "service,free_customer_service,1,0,2,3,1,1,0,2,2,,,,,\n"
     )
     plain = "".join(answers.csv_lines(_stats("UTC", grouped=False, unique=False)))
+    # Meta's record's columns are always there (empty until a WABA is linked).
     assert plain.splitlines()[0] == (
-        "period,start,end,final,marketing,service,incoming,total,uncounted"
+        "period,start,end,final,marketing,service,incoming,total,uncounted,"
+        "source,cost_source,cost_meta,cost_estimate,cost_estimate_currency"
     )
+
+
+@pytest.mark.parametrize(
+    ("cost", "cells"),
+    [
+        (None, ["", "", "", ""]),
+        ({"source": "meta", "amount": 0.125, "currency": None}, ["meta", "0.125", "", ""]),
+        (
+            {"source": "estimate", "amount": 1e-06, "currency": "USD"},
+            ["estimate", "", "1e-06", "USD"],
+        ),
+        (
+            {"source": "meta+estimate", "meta": 0.075, "estimate": 0.008, "currency": "EUR"},
+            ["meta+estimate", "0.075", "0.008", "EUR"],
+        ),
+    ],
+)
+def test_csv_of_a_row_only_meta_reported(cost: dict[str, object] | None, cells: list[str]) -> None:
+    """Meta's record in the CSV: Incoming unknown (null) is an empty cell, not 0; a reported
+    row has no unique customers, yet its cells stay under their columns; each cost figure has
+    its own column, never summed with the other."""
+    stats = _stats("UTC", grouped=False, unique=True)
+    reported = stats.rows[0].model_copy(
+        update={"incoming": None, "total": 1, "unique_customers": None, "source": "reported",
+                "cost": None if cost is None else answers.Cost.model_validate(cost)}
+    )  # fmt: skip
+    lines = list(csv.reader(io.StringIO("".join(answers.csv_lines(
+        stats.model_copy(update={"rows": (reported,)})
+    )))))  # fmt: skip
+    header, row = lines
+    assert len(row) == len(header)
+    record = dict(zip(header, row, strict=True))
+    assert (record["incoming"], record["unique_total"], record["source"]) == ("", "", "reported")
+    assert [record[k] for k in ("cost_source", "cost_meta", "cost_estimate")] == cells[:3]
+    assert record["cost_estimate_currency"] == cells[3]

@@ -5,6 +5,8 @@ import with clear errors."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,6 +19,7 @@ from conftest import FakeClock, make_settings
 from fakegraph import TOKEN, client_for, fake_graph
 from helpers import add_number, bearer, create_tenant, get_token
 from wastats.app import create_app
+from wastats.cli.common import console
 from wastats.cli.main import app as cli_app
 from wastats.domain import ratecard
 from wastats.domain.errors import InvalidInput
@@ -104,6 +107,94 @@ def test_v1_stats_shows_reported_months_with_source_and_cost(
         "source": "estimate", "amount": pytest.approx(0.008), "currency": "USD",
     }  # fmt: skip
     assert costs[("service", "free_customer_service")] is None  # free: no cost at all
+
+
+def test_v1_stats_csv_and_the_cli_show_source_and_cost(
+    linked: tuple[TestClient, str, str], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, token, client_id = linked
+    params = {"from": "2026-09", "to": "2026-11", "group_by": "number"}
+    answer = http.get("/v1/stats", params=params | {"format": "csv"}, headers=bearer(token))
+    assert answer.status_code == 200, answer.text
+    rows = {r["period"]: r for r in csv.DictReader(io.StringIO(answer.text))}
+    sep, nov = rows["2026-09"], rows["2026-11"]
+    # Meta's record alone: Incoming unknown (an empty cell, not 0); both figures, labelled.
+    assert (sep["source"], sep["incoming"]) == ("reported", "")
+    assert (sep["marketing"], sep["service"], sep["uncounted"], sep["total"]) == (
+        "3",
+        "2",
+        "4",
+        "5",
+    )
+    assert sep["cost_source"] == "meta+estimate"
+    assert float(sep["cost_meta"]) == 0.075
+    assert float(sep["cost_estimate"]) == pytest.approx(2 * 0.004)
+    assert sep["cost_estimate_currency"] == "USD"
+    assert nov["source"] == "observed"
+    assert (nov["marketing"], nov["incoming"]) == ("5", "0")
+    assert [nov[k] for k in ("cost_source", "cost_meta", "cost_estimate")] == ["meta", "0.125", ""]
+    assert nov["cost_estimate_currency"] == ""
+    # The JSON answer and the CSV say the same.
+    doc = http.get("/v1/stats", params=params, headers=bearer(token)).json()
+    assert [r["source"] for r in doc["rows"]] == [r["source"] for r in rows.values()]
+    # `wastats stats --csv` prints the same bytes; its table shows source and labelled cost.
+    monkeypatch.setattr("wastats.cli.stats.now", lambda: NOW)  # the API's clock
+    # Wide enough for every column: the console's width is fixed when it is first built.
+    monkeypatch.setattr(console, "width", 250)
+    env = {"WASTATS_DATABASE_URL": database_url, "COLUMNS": "250"}
+    command = ["stats", "--account", client_id, "--from", "2026-09", "--to", "2026-11"]
+    result = CliRunner().invoke(cli_app, [*command, "--by", "number", "--csv"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == answer.text
+    table = CliRunner().invoke(cli_app, command, env=env)
+    assert table.exit_code == 0, table.output
+    lines = [line for line in table.stdout.splitlines() if "│" in line]  # the table's rows
+    september = next(line for line in lines if "2026-09" in line)
+    assert "reported" in september
+    assert "unknown" in september
+    assert "(Meta's) + ≈ 0.01 USD (estimate)" in september
+    november = next(line for line in lines if "2026-11" in line)
+    assert "observed" in november
+    assert "0.12 (Meta's)" in november
+
+
+def test_reported_rows_count_against_the_row_cap(database_url: str) -> None:
+    """The row cap holds after Meta's record is merged in. Grouped by country over ten months,
+    the estimate made before reading anything is ten rows (it cannot know the countries), so
+    a cap of 10 lets the question through; Meta reported twelve countries in September, which
+    only the merge finds, and it must refuse rather than answer twelve rows."""
+    countries = ["IL", "US", "DE", "FR", "IT", "ES", "GB", "BR", "IN", "MX", "NL", "TR"]
+    sep = _ts("2026-09-10 10:00")
+    points = [
+        FakePoint(sep, DIGITS, c, "MARKETING", "REGULAR", 1, None, "0:MAX") for c in countries
+    ]
+    settings = make_settings(database_url)
+    tenant = create_tenant(settings, timezone="UTC")
+    add_number(settings, tenant, DIGITS, PNID, waba_id=WABA)
+    state = FakeGraph(token=TOKEN)
+    state.add_waba(FakeWaba(WABA, numbers=[FakeNumber(PNID, f"+{DIGITS}", "S")], points=points))
+    db = Database(database_url)
+    try:
+        with fake_graph(state) as url, client_for(url) as client:
+            assert sync_waba(db, client, WABA, now=NOW).error is None
+    finally:
+        db.dispose()
+    params = {"from": "2026-02", "to": "2026-11", "group_by": "country"}
+    for cap, code in ((10, 422), (11, 422), (12, 200)):
+        capped = make_settings(database_url, max_stats_rows=cap)
+        with TestClient(create_app(capped, clock=FakeClock(NOW))) as http:
+            token = get_token(http, tenant)
+            for form in ("json", "csv"):
+                answer = http.get(
+                    "/v1/stats", params=params | {"format": form}, headers=bearer(token)
+                )
+                assert answer.status_code == code, (cap, form, answer.text)
+                if code == 422:
+                    assert answer.json()["max_rows"] == cap
+                elif form == "csv":
+                    assert len(answer.text.splitlines()) == 1 + len(countries)
+                else:
+                    assert len(answer.json()["rows"]) == len(countries)
 
 
 def test_compatible_api_uses_reported_months_only_when_turned_on(

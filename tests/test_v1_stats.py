@@ -178,7 +178,9 @@ def test_csv_rows_equal_json_rows(client: TestClient, tenant: Tenant, data: None
     lines = list(csv.DictReader(io.StringIO(response.text)))
     assert list(lines[0]) == ["period", "start", "end", "final", "number", "marketing", "service",
                               "incoming", "total", "uncounted", "unique_marketing",
-                              "unique_service", "unique_incoming", "unique_total"]  # fmt: skip
+                              "unique_service", "unique_incoming", "unique_total", "source",
+                              "cost_source", "cost_meta", "cost_estimate",
+                              "cost_estimate_currency"]  # fmt: skip
     assert len(lines) == len(answer["rows"])
     for line, row in zip(lines, answer["rows"], strict=True):
         assert line["period"] == row["period"]
@@ -187,6 +189,8 @@ def test_csv_rows_equal_json_rows(client: TestClient, tenant: Tenant, data: None
         for k in ("marketing", "service", "incoming", "total", "uncounted"):
             assert int(line[k]) == row[k]
         assert int(line["unique_total"]) == row["unique_customers"]["total"]
+        # No WABA linked: Meta's record's columns are there, and empty.
+        assert [line[k] for k in ("source", "cost_source", "cost_meta")] == ["", "", ""]
     same = client.get("/v1/stats", params={**params, "format": "csv"},
                       headers=bearer(get_token(client, tenant)))  # fmt: skip
     assert same.text == response.text

@@ -35,10 +35,13 @@ from wastats import __version__
 from wastats.domain.answers import (
     Answer,
     ConversationsStatistics,
+    Cost,
     Counts,
     MonthStatistics,
     Number,
     Numbers,
+    Reconciliation,
+    ReconciliationRow,
     Stats,
     StatsRow,
     UniqueCustomers,
@@ -47,9 +50,10 @@ from wastats.domain.answers import (
 )
 
 __all__ = [
-    "ApiFailure", "AuthenticationError", "Client", "ConversationsStatistics", "Counts",
-    "InvalidParameter", "MonthStatistics", "Number", "ProblemError", "Stats", "StatsRow",
-    "UniqueCustomers", "WastatsError", "WhatsAppNumber", "WhatsAppNumbers",
+    "ApiFailure", "AuthenticationError", "Client", "ConversationsStatistics", "Cost", "Counts",
+    "InvalidParameter", "MonthStatistics", "Number", "ProblemError", "Reconciliation",
+    "ReconciliationRow", "Stats", "StatsRow", "UniqueCustomers", "WastatsError",
+    "WhatsAppNumber", "WhatsAppNumbers",
 ]  # fmt: skip
 
 log = logging.getLogger("wastats.client")
@@ -59,6 +63,7 @@ STATISTICS_PATH = "/api/whatsapp/getConversationsStatistics"
 WHATSAPP_PATH = "/api/whatsapp/getWhatsApp"
 STATS_PATH = "/v1/stats"
 NUMBERS_PATH = "/v1/numbers"
+RECONCILIATION_PATH = "/v1/reconciliation"
 # The compatible API's calls that take a token: they answer a rejected one in band.
 _PARTNERS_PATHS = (STATISTICS_PATH, WHATSAPP_PATH)
 
@@ -326,6 +331,37 @@ class Client:
         params.append(("format", "csv"))
         response = self._v1_get(STATS_PATH, params, accept="text/csv")
         # The contract says UTF-8; don't let a missing charset make httpx guess.
+        return response.content.decode("utf-8")
+
+    def reconciliation(
+        self,
+        *,
+        from_: DateLike = None,
+        to: DateLike = None,
+        granularity: str = "month",
+        tz: str | None = None,
+        numbers: Iterable[str] | None = None,
+    ) -> Reconciliation:
+        """`GET /v1/reconciliation`: our counts against Meta's analytics per period (`day` or
+        `month`), number, category and pricing type, with a verdict per row and coverage per
+        number (docs/meta-record.md)."""
+        params = _stats_params(from_, to, granularity, tz, numbers, (), False)
+        response = self._v1_get(RECONCILIATION_PATH, params, accept="application/json")
+        return _parse(Reconciliation, _json(response))
+
+    def reconciliation_csv(
+        self,
+        *,
+        from_: DateLike = None,
+        to: DateLike = None,
+        granularity: str = "month",
+        tz: str | None = None,
+        numbers: Iterable[str] | None = None,
+    ) -> str:
+        """The same as `reconciliation()` as the service's CSV text (header line first)."""
+        params = _stats_params(from_, to, granularity, tz, numbers, (), False)
+        params.append(("format", "csv"))
+        response = self._v1_get(RECONCILIATION_PATH, params, accept="text/csv")
         return response.content.decode("utf-8")
 
     def numbers(self) -> list[Number]:

@@ -43,7 +43,7 @@ from starlette.types import Scope
 
 from wastats import __version__
 from wastats.api.context import SESSION_COOKIE, AppContext, client_ip, context_of
-from wastats.domain import auth
+from wastats.domain import auth, history
 from wastats.domain.accounts import load_zone
 from wastats.domain.errors import InvalidInput
 from wastats.store.accounts import AccountRow
@@ -382,6 +382,7 @@ async def dashboard(request: Request) -> Response:
     csv_query = urlencode(
         {"format": "csv", "granularity": "month", "from": chosen_from, "to": chosen_to, "tz": tz}
     )
+    linked = await ctx.run(_meta_linked, ctx, account)
     return account_page(
         request,
         account,
@@ -394,7 +395,13 @@ async def dashboard(request: Request) -> Response:
         tz=tz,
         zones=_zones(),
         csv=root + "/v1/stats?" + csv_query,
+        meta_linked=linked,
     )
+
+
+def _meta_linked(ctx: AppContext, account: AccountRow) -> bool:
+    with ctx.db.read() as conn:
+        return history.account_linked(conn, account.id)
 
 
 def _docs_link(request: Request) -> str | None:

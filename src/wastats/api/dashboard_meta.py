@@ -7,8 +7,6 @@ Content-Security-Policy: it reuses the dashboard's page helpers rather than keep
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -20,7 +18,7 @@ from wastats.api.dashboard import (
     session_account,
     to_sign_in,
 )
-from wastats.domain import reconciliation
+from wastats.domain import answers, reconciliation
 from wastats.domain.reporting import ParameterError
 from wastats.store.accounts import AccountRow
 
@@ -29,13 +27,14 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 def _answer(
     ctx: AppContext, account: AccountRow, first: str, last: str
-) -> reconciliation.Answer | str:
+) -> answers.Reconciliation | str:
+    """The answer model of `/v1/reconciliation` (the page shows what the API sends)."""
     with ctx.db.read() as conn:
         try:
             return reconciliation.answer(
                 conn, account, from_=first, to=last, granularity="month", tz=None,
                 numbers=None, now=ctx.now(),
-            )  # fmt: skip
+            ).model()  # fmt: skip
         except ParameterError as exc:
             return exc.message
 
@@ -55,11 +54,7 @@ async def reconciliation_page(request: Request) -> Response:
         fallback = await ctx.run(_answer, ctx, account, first, last)
         assert not isinstance(fallback, str)
         answer = fallback
-    last_sync = (
-        datetime.fromtimestamp(answer.last_sync, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        if answer.last_sync
-        else None
-    )
+    last_sync = answer.last_sync.strftime("%Y-%m-%d %H:%M UTC") if answer.last_sync else None
     return account_page(
         request, account, "meta/reconciliation.html",
         answer=answer, from_month=first, to_month=last, last_sync=last_sync,

@@ -3,16 +3,14 @@ pricing type, with verdicts (spec/meta-record.md, docs/meta-record.md). JSON or 
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response, StreamingResponse
 
 from wastats.api.context import AppContext, context_of
 from wastats.api.problems import invalid_parameter
-from wastats.domain import reconciliation
+from wastats.domain import answers, reconciliation
 from wastats.domain.reporting import ParameterError
 from wastats.store.accounts import AccountRow
 
@@ -22,6 +20,7 @@ router = APIRouter(prefix="/v1", tags=["statistics (v1)"])
 @router.get(
     "/reconciliation",
     summary="Our counts against Meta's analytics, with a verdict per row",
+    response_model=answers.Reconciliation,
     responses={
         200: {"content": {"text/csv": {"example": "period,start,end,number,...\n"}}},
         401: {"description": "missing, unknown or expired token"},
@@ -63,22 +62,16 @@ async def get_reconciliation(
     except ParameterError as exc:
         return invalid_parameter(exc.parameter, exc.message)
     if wants_csv:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(reconciliation.CSV_HEADER)
-        for row in result.result.rows:
-            writer.writerow(reconciliation.row_dict(row).values())
-        q = result.question
-        return Response(
-            buffer.getvalue(),
+        return StreamingResponse(
+            answers.reconciliation_csv_lines(result),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": (
-                    f'attachment; filename="wastats-reconciliation-{q.first}-{q.last}.csv"'
+                    f'attachment; filename="wastats-reconciliation-{result.from_}-{result.to}.csv"'
                 )
             },
         )
-    return JSONResponse(result.as_dict())
+    return Response(result.wire_json(), media_type="application/json")
 
 
 def _answer(
@@ -89,9 +82,9 @@ def _answer(
     granularity: str | None,
     tz: str | None,
     numbers: list[str] | None,
-) -> reconciliation.Answer:
+) -> answers.Reconciliation:
     with ctx.db.read() as conn:
         return reconciliation.answer(
             conn, account, from_=from_, to=to, granularity=granularity, tz=tz,
             numbers=numbers, now=ctx.now(),
-        )  # fmt: skip
+        ).model()  # fmt: skip

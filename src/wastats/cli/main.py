@@ -9,7 +9,7 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
-from wastats.cli import accounts, db, forward, ingest, meta, numbers, security, stats
+from wastats.cli import accounts, db, forward, ingest, meta, numbers, reconcile, security, stats
 from wastats.cli.common import ReadableGroup, console, errors, fail, settings, unreachable
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
 from wastats.logs import configure_logging
@@ -37,7 +37,7 @@ ingest.events_app.command("purge")(security.purge_command)
 app.add_typer(meta.app, name="meta")
 app.add_typer(meta.dev_app, name="dev")
 accounts.app.command("update")(meta.accounts_update)
-app.command("reconcile")(meta.reconcile_command)
+app.command("reconcile")(reconcile.reconcile_command)
 app.add_typer(meta.ratecard_app, name="ratecard")
 app.add_typer(forward.app, name="forward")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
 
 from wastats.cli.common import console, database, fail, now, open_database, settings
 from wastats.domain.accounts import get_account
@@ -333,76 +333,6 @@ def accounts_update(
         account = get_account(conn, client_id)
         repo.set_history_from_meta(conn, account.id, history_from_meta == "on")
     console.print(f"{client_id}: history from Meta {history_from_meta}.", highlight=False)
-
-
-_VERDICT_STYLE = {
-    "match": "green",
-    "collection gap": "bold red",
-    "differs": "bold yellow",
-    "not yet reported": "dim",
-    "outside Meta's window": "dim",
-}
-
-
-def reconcile_command(
-    account: Annotated[str, typer.Option(metavar="CLIENT_ID", help="The account.")],
-    from_: Annotated[
-        str | None,
-        typer.Option(
-            "--from", metavar="YYYY-MM[-DD]", help="First month or day (default: 12 months ago)."
-        ),
-    ] = None,
-    to: Annotated[
-        str | None, typer.Option(metavar="YYYY-MM[-DD]", help="Last month or day (default: today).")
-    ] = None,
-    granularity: Annotated[str, typer.Option(metavar="day|month", help="Period length.")] = "month",
-    tz: Annotated[
-        str | None, typer.Option(metavar="ZONE", help="IANA zone (default: the account's).")
-    ] = None,
-    number: Annotated[
-        list[str] | None, typer.Option(metavar="NUMBER", help="Only these numbers (repeatable).")
-    ] = None,
-) -> None:
-    """Our counts against Meta's analytics, per period, number and category, with verdicts."""
-    from wastats.domain import reconciliation
-    from wastats.domain.reporting import ParameterError
-
-    with database(write=False) as conn:
-        try:
-            result = reconciliation.answer(
-                conn, get_account(conn, account), from_=from_, to=to, granularity=granularity,
-                tz=tz, numbers=number, now=now(),
-            )  # fmt: skip
-        except ParameterError as exc:
-            fail(f"--{exc.parameter.replace('_', '-')}: {exc.message}")
-    q = result.question
-    console.print(
-        f"{account}: {q.first} to {q.last} in {q.zone.key}; last sync {_when(result.last_sync)}"
-        + (" (approximate: the zone's offset is not a whole or half hour)"
-           if result.result.approximate else ""),
-        highlight=False,
-    )  # fmt: skip
-    # The columns a reader scans by never wrap; category and pricing give way on narrow screens.
-    table = Table(
-        Column("period", no_wrap=True), Column("number", no_wrap=True), "category", "pricing",
-        "observed", "reported", "diff", Column("verdict", no_wrap=True),
-    )  # fmt: skip
-    for row in result.result.rows:
-        style = _VERDICT_STYLE.get(row.verdict, "")
-        table.add_row(
-            row.period.label, row.number, row.category, row.pricing_type, str(row.observed),
-            str(row.reported), f"{row.difference:+d}", f"[{style}]{row.verdict}[/]",
-        )  # fmt: skip
-    console.print(table)
-    summary = Table("number", "observed", "reported", "coverage", "|diff|", "matching periods")
-    for s in result.result.numbers:
-        d = s.as_dict()
-        coverage = "-" if s.coverage is None else f"{s.coverage:.1%}"
-        summary.add_row(
-            s.number, str(s.observed), str(s.reported), coverage, str(s.absolute_difference),
-            f"{d['matching_periods']}/{d['periods']}",
-        )  # fmt: skip
-    console.print(summary)
 
 
 ratecard_app = typer.Typer(help="The rate card behind cost estimates.")

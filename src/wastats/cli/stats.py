@@ -1,6 +1,7 @@
 """`wastats stats`: an account's counts, read from the database through the same service and
 answer model as `GET /v1/stats`, so the operator sees exactly what the account's API users see
-(same rules, same zone handling, same `final` flags, the same CSV bytes)."""
+(same rules, same zone handling, same `final` flags, the same CSV bytes), with Meta's record
+(`source` and cost per row, docs/meta-record.md) once a WABA of the account is linked."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from rich.table import Table
 
 from wastats.cli.common import console, database, errors, now
-from wastats.domain import reporting
+from wastats.cli.reconcile import cost_label
+from wastats.domain import history, reporting
 from wastats.domain.accounts import get_account
 from wastats.domain.answers import Counts, Stats, csv_lines
 
@@ -81,7 +83,9 @@ def stats_command(
             conn, owner, from_=from_, to=to, granularity=granularity, tz=tz,
             numbers=number or None, group_by=group_by, unique=unique, now=at,
         )  # fmt: skip
-        answer = reporting.answer(conn, owner, question, at).model()
+        observed = reporting.answer(conn, owner, question, at).model()
+        # With Meta's record (source, cost) once a WABA is linked, as /v1/stats answers.
+        answer = history.stats_answer(conn, question, observed, at)
     if csv:
         for chunk in csv_lines(answer):
             typer.echo(chunk, nl=False)
@@ -110,10 +114,16 @@ def _table(answer: Stats, *, unique: bool) -> Table:
     for name, value in _counts(answer.totals, unique=unique):
         table.add_column(name, justify="right", footer=value)
     table.add_column("final")
+    # Meta's record: only once a WABA is linked (then every row has a source).
+    meta = any(row.source is not None for row in answer.rows)
+    if meta:
+        table.add_column("source")
+        table.add_column("cost")
     for row in answer.rows:
         grouped = [getattr(row, g) or "–" for g in groups]
         counted = [value for _, value in _counts(row, unique=unique)]
-        table.add_row(row.period, *grouped, *counted, "yes" if row.final else "no")
+        extra = [row.source or "–", cost_label(row.cost)] if meta else []
+        table.add_row(row.period, *grouped, *counted, "yes" if row.final else "no", *extra)
     return table
 
 
@@ -121,7 +131,8 @@ def _counts(counts: Counts, *, unique: bool) -> list[tuple[str, str]]:
     columns = [
         ("marketing", str(counts.marketing)),
         ("service", str(counts.service)),
-        ("incoming", str(counts.incoming)),
+        # None: a row only Meta reported (Meta has no counterpart of Incoming).
+        ("incoming", "unknown" if counts.incoming is None else str(counts.incoming)),
         ("total", str(counts.total)),
     ]
     if unique:

@@ -13,6 +13,7 @@ the client, which may be installed without the server's dependencies in mind, im
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -22,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from wastats.domain.csvsafe import csv_line
 
 __all__ = [
-    "AccessToken", "ConversationsStatistics", "Counts", "Failure", "MonthStatistics", "Number",
-    "Numbers", "Problem", "Stats", "StatsRow", "UniqueCustomers", "WhatsAppNumber",
-    "WhatsAppNumbers", "csv_lines",
+    "AccessToken", "ConversationsStatistics", "Cost", "Counts", "Failure", "MonthStatistics",
+    "Number", "Numbers", "Problem", "Reconciliation", "ReconciliationRow",
+    "ReconciliationSummary", "Stats", "StatsRow", "UniqueCustomers", "WhatsAppNumber",
+    "WhatsAppNumbers", "csv_lines", "reconciliation_csv_lines",
 ]  # fmt: skip
 
 
@@ -166,6 +168,29 @@ class Counts(Answer):
     )
 
 
+class Cost(Answer):
+    """What a row's messages cost (docs/meta-record.md, "Cost"), labelled by `source`: Meta's
+    own figure (`meta`, in the WABA's currency, which Meta's analytics do not name: `currency`
+    null), an estimate from the rate card (`estimate`, in the card's `currency`), or both
+    (`meta+estimate`: two figures, never summed, since they may be in two currencies)."""
+
+    source: Literal["meta", "estimate", "meta+estimate"]
+    amount: float | None = Field(default=None, description="with source meta or estimate")
+    meta: float | None = Field(default=None, description="with source meta+estimate")
+    estimate: float | None = Field(default=None, description="with source meta+estimate")
+    currency: str | None = Field(description="the estimate's currency; null for Meta's alone")
+
+    @property
+    def meta_amount(self) -> float | None:
+        """Meta's figure, whichever shape carries it."""
+        return self.amount if self.source == "meta" else self.meta
+
+    @property
+    def estimate_amount(self) -> float | None:
+        """The estimate, whichever shape carries it."""
+        return self.amount if self.source == "estimate" else self.estimate
+
+
 class StatsRow(Counts):
     # Meta's record (docs/meta-record.md): set only once a WABA of the account is linked.
     incoming: int | None = Field(  # type: ignore[assignment]
@@ -175,7 +200,7 @@ class StatsRow(Counts):
         default=None,
         description="observed, reported or observed+reported (once a WABA is linked)",
     )
-    cost: dict[str, Any] | None = Field(
+    cost: Cost | None = Field(
         default=None, description="Meta's cost or an estimate, labelled by `source`"
     )
     period: str = Field(description="`2025-01`, `2025-W03` or `2025-01-15`", examples=["2025-01"])
@@ -222,11 +247,139 @@ class Numbers(Answer):
     numbers: tuple[Number, ...]
 
 
+_CSV_CHUNK_ROWS = 500
+
+
+# --- /v1/reconciliation (docs/meta-record.md, "Reconciliation") ------------------------------
+
+
+class ReconciliationRow(Answer):
+    """One period, number, category and pricing type: our count against Meta's."""
+
+    period: str = Field(description="`2026-03` or `2026-03-15`", examples=["2026-03"])
+    start: _OffsetTime = Field(examples=["2026-03-01T00:00:00+02:00"])
+    end: _OffsetTime = Field(examples=["2026-04-01T00:00:00+03:00"])
+    number: str = Field(examples=["972501234567"])
+    category: str = Field(examples=["marketing"])
+    pricing_type: str = Field(examples=["regular"])
+    observed: int = Field(description="delivered messages counted from webhooks", examples=[120])
+    reported: int = Field(description="Meta's reported volume", examples=[123])
+    difference: int = Field(description="observed - reported", examples=[-3])
+    verdict: Literal[
+        "match", "collection gap", "not yet reported", "outside Meta's window", "differs"
+    ] = Field(examples=["collection gap"])
+    cost: Cost | None = Field(description="what Meta's reported volume cost; null if nothing")
+
+
+class ReconciliationAccountSummary(Answer):
+    """The comparable rows (not `not yet reported`, not `outside Meta's window`) summed."""
+
+    observed: int
+    reported: int
+    coverage: float | None = Field(
+        description="share of reported volume also observed; null when nothing was reported",
+        examples=[0.976],
+    )
+    absolute_difference: int
+    matching_rows: int
+    rows: int
+    matching_periods: int
+    periods: int
+
+
+class ReconciliationNumberSummary(Answer):
+    """One number's comparable rows summed (the fields of the account's, `number` first:
+    pydantic puts a parent's fields first, so this is not a subclass)."""
+
+    number: str = Field(examples=["972501234567"])
+    observed: int
+    reported: int
+    coverage: float | None = Field(
+        description="share of reported volume also observed; null when nothing was reported",
+        examples=[0.976],
+    )
+    absolute_difference: int
+    matching_rows: int
+    rows: int
+    matching_periods: int
+    periods: int
+
+
+class ReconciliationSummary(Answer):
+    numbers: tuple[ReconciliationNumberSummary, ...]
+    account: ReconciliationAccountSummary
+
+
+class Reconciliation(Answer):
+    """`GET /v1/reconciliation`."""
+
+    tz: str = Field(examples=["Asia/Jerusalem"])
+    from_: date = Field(alias="from", examples=["2026-01-01"])
+    to: date = Field(examples=["2026-11-30"])
+    granularity: Literal["day", "month"] = Field(examples=["month"])
+    as_of: _UtcTime = Field(examples=["2026-12-04T12:00:00Z"])
+    last_sync: _UtcTime | None = Field(description="the last successful sync of the numbers' WABAs")
+    approximate: bool = Field(
+        description="the zone's offset is not a whole or half hour: half-hour slots straddle "
+        "its days, so the periods are approximate"
+    )
+    rows: tuple[ReconciliationRow, ...]
+    summary: ReconciliationSummary
+
+    def wire_json(self) -> bytes:
+        """As `Answer.wire_json`, but numbers written by Python's `json` (`1e-06`, where
+        pydantic writes `1e-6`): the bytes this answer had before it was a model, which
+        clients may compare or hash."""
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+        ).encode()
+
+
+_RECONCILIATION_COLUMNS = (
+    "period", "start", "end", "number", "category", "pricing_type", "observed", "reported",
+    "difference", "verdict", "cost_source", "cost_meta", "cost_estimate",
+    "cost_estimate_currency",
+)  # fmt: skip
+
+
+def reconciliation_csv_lines(answer: Reconciliation) -> Iterator[str]:
+    """`/v1/reconciliation?format=csv` (and `wastats reconcile --csv`): one line per row, cells
+    through `csvsafe.csv_line` like every CSV wastats writes."""
+    chunk = [csv_line(_RECONCILIATION_COLUMNS)]
+    for r in answer.rows:
+        cells: list[Any] = [r.period, r.start.isoformat(), r.end.isoformat(), r.number]
+        cells += [r.category, r.pricing_type, r.observed, r.reported, r.difference, r.verdict]
+        chunk.append(csv_line(cells + _cost_cells(r.cost)))
+        if len(chunk) >= _CSV_CHUNK_ROWS:
+            yield "".join(chunk)
+            chunk.clear()
+    yield "".join(chunk)
+
+
+def _cost_cells(cost: Cost | None) -> list[Any]:
+    """`cost_source, cost_meta, cost_estimate, cost_estimate_currency`: empty cells for no
+    cost, so a spreadsheet sums each figure column without mixing Meta's with estimates."""
+    if cost is None:
+        return ["", "", "", ""]
+    meta, estimate = cost.meta_amount, cost.estimate_amount
+    return [
+        cost.source,
+        "" if meta is None else meta,
+        "" if estimate is None else estimate,
+        cost.currency if estimate is not None and cost.currency else "",
+    ]
+
+
 # --- the CSV form of /v1/stats ---------------------------------------------------------------
 
 _COUNTS = ("marketing", "service", "incoming", "total", "uncounted")
 _UNIQUE = ("marketing", "service", "incoming", "total")
-_CSV_CHUNK_ROWS = 500
+# Meta's record (docs/meta-record.md): always present, empty until a WABA is linked, so a
+# reader's columns do not move when one is.
+_META = ("source", "cost_source", "cost_meta", "cost_estimate", "cost_estimate_currency")
 
 
 def csv_header(stats: Stats) -> list[str]:
@@ -238,7 +391,7 @@ def csv_header(stats: Stats) -> list[str]:
     columns += list(_COUNTS)
     if stats.totals.unique_customers is not None:
         columns += [f"unique_{k}" for k in _UNIQUE]
-    return columns
+    return columns + list(_META)
 
 
 def csv_record(stats: Stats, row: StatsRow) -> list[Any]:
@@ -248,10 +401,13 @@ def csv_record(stats: Stats, row: StatsRow) -> list[Any]:
     cells += [getattr(row, g) or "" for g in ("number", "country") if g in stats.group_by]
     if "category" in stats.group_by:
         cells += [row.category, row.pricing]
-    cells += [getattr(row, k) for k in _COUNTS]
-    if row.unique_customers is not None:
-        cells += [getattr(row.unique_customers, k) for k in _UNIQUE]
-    return cells
+    # Incoming is null (unknown) in rows only Meta reported: an empty cell, not 0.
+    cells += ["" if getattr(row, k) is None else getattr(row, k) for k in _COUNTS]
+    if stats.totals.unique_customers is not None:
+        # A row only Meta reported has no customers to count: empty cells keep the columns.
+        customers = row.unique_customers
+        cells += [getattr(customers, k) if customers else "" for k in _UNIQUE]
+    return [*cells, row.source or "", *_cost_cells(row.cost)]
 
 
 def csv_lines(stats: Stats) -> Iterator[str]:

@@ -1,7 +1,7 @@
 """Meta's record in `/v1/stats` (spec/meta-record.md, "History" and "Cost").
 
-`merge_reported` takes the observed answer (`reporting.Answer.as_dict()`) and adds, without
-changing how that answer is computed:
+`merge_reported` takes the observed answer (`answers.Stats`, dumped as its JSON object) and
+adds, without changing how that answer is computed:
 
 * **History**: for every number, periods that end before its first observation are answered
   from Meta's reported volume (Rule P's mapping: Marketing, Service, the rest uncounted), with
@@ -24,9 +24,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from wastats.counting.calendar import month_bounds, month_of
+from wastats.domain import answers
 from wastats.domain import ratecard as ratecards
 from wastats.domain.accounts import load_zone
-from wastats.domain.reporting import FINAL_AFTER_SECONDS, Period, Question, periods_of
+from wastats.domain.reporting import (
+    FINAL_AFTER_SECONDS,
+    AnswerTooLarge,
+    Period,
+    Question,
+    periods_of,
+)
 from wastats.domain.stats import MonthCounts
 from wastats.store import meta as meta_repo
 from wastats.store import numbers as numbers_repo
@@ -65,21 +72,24 @@ class Cost:
         else:
             _estimate(self, card, r.country, r.category, r.pricing_type, r.tier, r.slot, r.volume)
 
-    def as_dict(self) -> dict[str, object] | None:
+    def model(self) -> answers.Cost | None:
         if not (self.has_meta or self.has_estimate):
             return None
+        meta = round(self.meta_micros / 1_000_000, 6)
+        estimate = round(self.estimate, 6)
         if self.has_meta and self.has_estimate:
             # Two currencies may be involved: give both figures rather than a false sum.
-            return {
-                "source": "meta+estimate",
-                "meta": round(self.meta_micros / 1_000_000, 6),
-                "estimate": round(self.estimate, 6),
-                "currency": self.currency,
-            }
+            return answers.Cost(
+                source="meta+estimate", meta=meta, estimate=estimate, currency=self.currency
+            )
         if self.has_meta:
-            return {"source": "meta", "amount": round(self.meta_micros / 1_000_000, 6),
-                    "currency": None}  # fmt: skip
-        return {"source": "estimate", "amount": round(self.estimate, 6), "currency": self.currency}
+            return answers.Cost(source="meta", amount=meta, currency=None)
+        return answers.Cost(source="estimate", amount=estimate, currency=self.currency)
+
+    def as_dict(self) -> dict[str, object] | None:
+        """`model()` as the JSON object of a `/v1/stats` row (only the fields of its shape)."""
+        model = self.model()
+        return None if model is None else model.model_dump(exclude_unset=True)
 
 
 @dataclass
@@ -101,12 +111,46 @@ def any_synced(conn: Connection) -> bool:
     return bool(meta_repo.list_states(conn))
 
 
+def account_linked(conn: Connection, account_id: int) -> bool:
+    """Whether a WABA of one of the account's numbers was ever linked or synced: the dashboard
+    asks for Meta's record (source, cost) only then."""
+    linked = {s.waba_id for s in meta_repo.list_states(conn)}
+    return any(n.waba_id in linked for n in numbers_repo.list_numbers(conn, account_id))
+
+
+def stats_answer(
+    conn: Connection,
+    q: Question,
+    observed: answers.Stats,
+    now: int,
+    *,
+    max_rows: int | None = None,
+) -> answers.Stats:
+    """`observed` with Meta's record merged in, as a model: for the CSV of `/v1/stats` and for
+    `wastats stats`, which show `source` and `cost` as the JSON does. `observed` itself when
+    no WABA was ever linked. (The JSON answer encodes `merge_reported`'s object directly.)"""
+    if not any_synced(conn):
+        return observed
+    doc = observed.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    merged = merge_reported(conn, q, doc, now, max_rows=max_rows)
+    return answers.Stats.model_validate(merged)
+
+
 def merge_reported(
-    conn: Connection, q: Question, doc: dict[str, object], now: int
+    conn: Connection,
+    q: Question,
+    doc: dict[str, object],
+    now: int,
+    *,
+    max_rows: int | None = None,
 ) -> dict[str, object]:
     """`doc` with Meta's record merged in (see the module docstring). Unchanged when none of
     the numbers' WABAs was ever linked or synced: no `source`, no estimates from a card the
-    operator never asked for."""
+    operator never asked for.
+
+    With `max_rows`, AnswerTooLarge rather than an answer over the cap: the observed answer
+    was checked against it, but reported-only rows (months before the first observation,
+    categories or countries only Meta saw) are added here."""
     periods = periods_of(q.first, q.last, q.granularity, q.zone)
     if not periods or not q.numbers:
         return doc
@@ -166,7 +210,7 @@ def merge_reported(
         ):
             key = key_of(period_of(ts), number, country, category, pricing)
             _estimate(costs[key], card, country, category, pricing, "", ts, 1)
-    _merge(doc, q, periods, reported, costs, now)
+    _merge(doc, q, periods, reported, costs, now, max_rows)
     return doc
 
 
@@ -208,6 +252,7 @@ def _merge(
     reported: dict[tuple[str, ...], _Reported],
     costs: dict[tuple[str, ...], Cost],
     now: int,
+    max_rows: int | None,
 ) -> None:
     rows = doc["rows"]
     assert isinstance(rows, list)
@@ -216,6 +261,8 @@ def _merge(
     for key, rep in reported.items():
         row = by_key.get(key)
         if row is None:
+            if max_rows is not None and len(rows) >= max_rows:
+                raise AnswerTooLarge("rows", max_rows, max_rows, estimated=False)
             period = final_by_label[key[0]]
             template = {"period": period.label, "start": period.local_start.isoformat(),
                         "end": period.local_end.isoformat(),

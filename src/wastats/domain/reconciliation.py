@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
-from wastats.domain import history, reporting
+from wastats.domain import answers, history, reporting
 from wastats.domain.reporting import ParameterError, Period
 from wastats.store import meta as meta_repo
 from wastats.store import numbers as numbers_repo
@@ -85,18 +85,18 @@ class NumberSummary:
         comparable = self.reported
         return None if comparable == 0 else round(self.covered / comparable, 3)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "number": self.number,
-            "observed": self.observed,
-            "reported": self.reported,
-            "coverage": self.coverage,
-            "absolute_difference": self.absolute_difference,
-            "matching_rows": self.matching_rows,
-            "rows": self.rows,
-            "matching_periods": len(self.periods - self.unmatched_periods),
-            "periods": len(self.periods),
-        }
+    def summary(self) -> answers.ReconciliationNumberSummary:
+        return answers.ReconciliationNumberSummary(
+            number=self.number,
+            observed=self.observed,
+            reported=self.reported,
+            coverage=self.coverage,
+            absolute_difference=self.absolute_difference,
+            matching_rows=self.matching_rows,
+            rows=self.rows,
+            matching_periods=len(self.periods - self.unmatched_periods),
+            periods=len(self.periods),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,53 +213,50 @@ class Answer:
     result: Reconciliation
     as_of: int
     last_sync: int | None
-    costs: dict[tuple[str, str, str, str], dict[str, object] | None] = field(default_factory=dict)
+    costs: dict[tuple[str, str, str, str], answers.Cost | None] = field(default_factory=dict)
     """Cost of the reported volume per (period, number, category, pricing type)."""
 
-    def cost_of(self, r: Row) -> dict[str, object] | None:
+    def cost_of(self, r: Row) -> answers.Cost | None:
         return self.costs.get((r.period.label, r.number, r.category, r.pricing_type))
 
-    def as_dict(self) -> dict[str, object]:
-        def iso(ts: int | None) -> str | None:
-            if ts is None:
-                return None
-            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
+    def model(self) -> answers.Reconciliation:
+        """The answer as `/v1/reconciliation` sends it, `wastats reconcile` prints it and
+        `wastats.client` reads it."""
         q = self.question
-        account = self.result.account.as_dict()
-        account.pop("number")
-        return {
-            "tz": q.zone.key,
-            "from": q.first.isoformat(),
-            "to": q.last.isoformat(),
-            "granularity": q.granularity,
-            "as_of": iso(self.as_of),
-            "last_sync": iso(self.last_sync),
-            "approximate": self.result.approximate,
-            "rows": [row_dict(r) | {"cost": self.cost_of(r)} for r in self.result.rows],
-            "summary": {"numbers": [s.as_dict() for s in self.result.numbers], "account": account},
-        }
+        account = self.result.account.summary().model_dump(exclude={"number"})
+        return answers.Reconciliation(
+            tz=q.zone.key,
+            from_=q.first,
+            to=q.last,
+            granularity="day" if q.granularity == "day" else "month",
+            as_of=datetime.fromtimestamp(self.as_of, UTC),
+            last_sync=_utc(self.last_sync),
+            approximate=self.result.approximate,
+            rows=tuple(
+                answers.ReconciliationRow(
+                    period=r.period.label,
+                    start=r.period.local_start,
+                    end=r.period.local_end,
+                    number=r.number,
+                    category=r.category,
+                    pricing_type=r.pricing_type,
+                    observed=r.observed,
+                    reported=r.reported,
+                    difference=r.difference,
+                    verdict=r.verdict,
+                    cost=self.cost_of(r),
+                )
+                for r in self.result.rows
+            ),
+            summary=answers.ReconciliationSummary(
+                numbers=tuple(s.summary() for s in self.result.numbers),
+                account=answers.ReconciliationAccountSummary(**account),
+            ),
+        )
 
 
-def row_dict(r: Row) -> dict[str, object]:
-    return {
-        "period": r.period.label,
-        "start": r.period.local_start.isoformat(),
-        "end": r.period.local_end.isoformat(),
-        "number": r.number,
-        "category": r.category,
-        "pricing_type": r.pricing_type,
-        "observed": r.observed,
-        "reported": r.reported,
-        "difference": r.difference,
-        "verdict": r.verdict,
-    }
-
-
-CSV_HEADER = [
-    "period", "start", "end", "number", "category", "pricing_type", "observed", "reported",
-    "difference", "verdict",
-]  # fmt: skip
+def _utc(ts: int | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 def answer(
@@ -332,4 +329,4 @@ def answer(
             (period.label, whatsapp[r.phone_number_id], r.category, r.pricing_type), history.Cost()
         )
         cost.add_reported(card, r)
-    return Answer(q, result, now, last_sync, {k: c.as_dict() for k, c in costs.items()})
+    return Answer(q, result, now, last_sync, {k: c.model() for k, c in costs.items()})

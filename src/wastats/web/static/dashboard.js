@@ -34,6 +34,11 @@
   const table = byId("numbers-table");
   const numbersNote = byId("numbers-note");
   const asOf = byId("as-of");
+  const metaTable = byId("meta-table");
+  const metaNote = byId("meta-note");
+  const reconciliationLink = byId("reconciliation-link");
+  // Set by the server: a WABA of this account is linked, so /v1/stats carries Meta's record.
+  const metaLinked = root.dataset.meta === "linked";
   const numberFormat = new Intl.NumberFormat();
 
   let generation = 0;
@@ -153,6 +158,12 @@
     return node;
   }
 
+  // A count as shown: null is Incoming in a month only Meta reported (Meta has no counterpart
+  // of Incoming), which is unknown, not zero.
+  function count(value) {
+    return value === null ? "unknown" : numberFormat.format(value);
+  }
+
   function emptyMessage(parent, text) {
     parent.replaceChildren(html("p", { class: "empty" }, text));
   }
@@ -203,9 +214,11 @@
     const p = currentParams();
     const gen = ++generation;
     csvLink.href = csvHref(p);
+    reconciliationLink.href = base + "/reconciliation?" + new URLSearchParams({ from: p.from, to: p.to });
     history.replaceState(null, "", "?" + new URLSearchParams(p));
     setBusy(chart, true);
     setBusy(table, true);
+    setBusy(metaTable, true);
 
     const current = monthIn(p.tz) || monthIn(accountZone) || monthIn("UTC");
     const months = { current: monthKey(current), previous: monthKey(addMonths(current, -1)) };
@@ -242,8 +255,23 @@
       table.tBodies[0].replaceChildren(row);
       table.dataset.state = "error";
     }
+    // Meta's record only once a WABA is linked (otherwise there is no source or cost to show),
+    // and only after the four above: one token may have four requests in flight
+    // (WASTATS_API_CONCURRENCY). It says its own failure (say, too many rows) in place.
+    const meta = metaLinked
+      ? (await Promise.allSettled([
+          getJSON("/stats", { granularity: "month", from: p.from, to: p.to, tz: p.tz, group_by: "number,category" }),
+        ]))[0]
+      : { status: "fulfilled", value: null };
+    if (gen !== generation) return;
+    if (meta.status === "fulfilled") {
+      renderMeta(meta.value);
+    } else {
+      metaMessage("Source and cost could not be loaded: " + meta.reason.message);
+      metaTable.dataset.state = "error";
+    }
     // Which parameters the drawing belongs to, so a reader (or a test) can tell it is current.
-    for (const node of [chart, table]) {
+    for (const node of [chart, table, metaTable]) {
       node.dataset.from = p.from;
       node.dataset.to = p.to;
       node.dataset.tz = p.tz;
@@ -348,7 +376,7 @@
       const name = monthLabel(row.period, "long");
       svg("title", {}, g).textContent =
         name + (row.final ? "" : " (not final yet)") + ": " +
-        BUCKETS.map((b) => b.label + " " + numberFormat.format(row[b.key])).join(", ") +
+        BUCKETS.map((b) => b.label + " " + count(row[b.key])).join(", ") +
         "; total " + numberFormat.format(row.total);
       let stacked = 0;
       for (const b of BUCKETS) {
@@ -408,7 +436,7 @@
       const tr = html("tr", {}, null, body);
       html("th", { scope: "row" }, monthLabel(row.period) + (row.final ? "" : " *"), tr);
       for (const key of ["marketing", "service", "incoming", "total"]) {
-        html("td", { class: "num" }, numberFormat.format(row[key]), tr);
+        html("td", { class: "num" }, count(row[key]), tr);
       }
     }
     return details;
@@ -493,8 +521,88 @@
         "data-period": period,
         "data-bucket": key,
         "data-value": value,
-      }, numberFormat.format(value), tr);
+      }, count(value), tr);
     });
+  }
+
+  // --- source and cost (Meta's record, docs/meta-record.md) ---------------------------------
+
+  const SOURCE_LABEL = {
+    observed: "Observed",
+    reported: "Meta's record",
+    "observed+reported": "Observed + Meta's record",
+  };
+
+  function money(value) {
+    return value.toFixed(2);
+  }
+
+  // A cost as people read it, always labelled: Meta's own figure (in the WABA's currency, which
+  // Meta's analytics do not name) or an estimate from the rate card, never one passed off as the
+  // other and never summed together (they may be in two currencies).
+  function costLabel(cost) {
+    if (!cost) return "–";
+    const parts = [];
+    const meta = cost.source === "meta" ? cost.amount : cost.meta;
+    const estimate = cost.source === "estimate" ? cost.amount : cost.estimate;
+    if (meta !== undefined && meta !== null) parts.push(money(meta) + " (Meta's)");
+    if (estimate !== undefined && estimate !== null) {
+      parts.push("≈ " + money(estimate) + (cost.currency ? " " + cost.currency : "") + " (estimate)");
+    }
+    return parts.join(" + ");
+  }
+
+  function metaMessage(text) {
+    metaTable.tHead.replaceChildren();
+    const row = html("tr", {}, null);
+    html("td", { class: "empty" }, text, row);
+    metaTable.tBodies[0].replaceChildren(row);
+  }
+
+  function renderMeta(answer) {
+    if (!answer) {
+      metaMessage(
+        "No WhatsApp Business Account of this account is linked, so every count here is " +
+          "observed from webhooks and no cost is known. Linking one (wastats meta link) adds " +
+          "Meta's record: a year of history and what the messages cost.",
+      );
+      metaTable.dataset.state = "none";
+      return;
+    }
+    const head = html("tr", {}, null);
+    for (const h of ["Month", "Number", "Category", "Pricing", "Source", "Marketing", "Service", "Incoming", "Cost"]) {
+      html("th", { scope: "col", class: ["Marketing", "Service", "Incoming"].includes(h) ? "num" : "" }, h, head);
+    }
+    metaTable.tHead.replaceChildren(head);
+    const body = metaTable.tBodies[0];
+    body.replaceChildren();
+    for (const row of answer.rows) {
+      const tr = html("tr", {
+        "data-period": row.period,
+        "data-number": row.number,
+        "data-category": row.category,
+        "data-source": row.source || "",
+        "data-cost-source": row.cost ? row.cost.source : "",
+        class: "source-" + (row.source || "observed").replace("+", "-"),
+      }, null, body);
+      html("td", {}, row.period, tr);
+      html("td", { class: "mono" }, row.number, tr);
+      html("td", {}, row.category || "–", tr);
+      html("td", {}, row.pricing || "–", tr);
+      html("td", { class: "source" }, SOURCE_LABEL[row.source] || row.source, tr);
+      for (const key of ["marketing", "service", "incoming"]) {
+        // Incoming is null where only Meta reported: it has no counterpart of Incoming.
+        const value = row[key];
+        html("td", { class: "num" }, count(value), tr);
+      }
+      html("td", { class: "cost" }, costLabel(row.cost), tr);
+    }
+    if (!answer.rows.length) metaMessage("Nothing observed or reported in this range.");
+    metaNote.textContent =
+      "Per month, number and category, in " + answer.tz + ". Source: observed (our counts from " +
+      "webhooks) or Meta's record (reported, for months before the first webhook). Cost: " +
+      "Meta's own figure where Meta gives one, else estimated from the rate card.";
+    metaTable.dataset.state = "ready";
   }
 
   // --- wiring -------------------------------------------------------------------------------
