@@ -405,7 +405,7 @@ def test_a_hanging_destination_does_not_delay_another(
         add_destination(database_url, hanging.url)
         add_destination(database_url, recorder.url)
         raws = bodies_of(40)
-        with TestClient(make_app(forward_timeout_seconds=120)) as client:
+        with TestClient(make_app(forward_timeout_seconds=120, forward_concurrency=4)) as client:
             for raw in raws:
                 send(client, raw)
             # Everything reaches the healthy one while the hanging one holds every slot it
