@@ -308,6 +308,62 @@ def test_deliveries_commit_with_the_inbox_row(
     assert queued == dict.fromkeys(stored, "pending")
 
 
+def test_accepted_bodies_are_posted_from_memory_and_recorded_in_batches(
+    database_url: str, make_app: Callable[..., FastAPI], recorder: Destination
+) -> None:
+    """With the worker's claim cycle out of the way (it would run once an hour), bodies still
+    reach the destination right after their commit, handed over in memory, and their outcomes
+    are written back without a claim."""
+    add_destination(database_url, recorder.url)
+    raws = bodies_of(50)
+    app = make_app()
+    forwarding_of(app.state.ctx.extras).worker.poll_seconds = 3600  # type: ignore[union-attr]
+    with TestClient(app) as client:
+        for raw in raws:
+            send(client, raw)
+        assert recorder.wait_for(lambda: len(recorder.received) == len(raws))
+        assert poll(lambda: all(d["state"] == "delivered" for d in deliveries(database_url)))
+    assert sorted(r.body for r in recorder.received) == sorted(raws)
+    assert all(d["attempts"] == 1 for d in deliveries(database_url))
+
+
+def test_a_delivery_posted_from_memory_is_leased_to_its_process(
+    database_url: str, make_app: Callable[..., FastAPI], clock: FakeClock
+) -> None:
+    """The row handed over in memory is written already claimed: no other process takes it
+    while this one posts it, and any process does once the lease has run out (this one died)."""
+    with Destination(hang=True) as hanging:
+        destination = add_destination(database_url, hanging.url)
+        app = make_app(forward_timeout_seconds=30)
+        worker = forwarding_of(app.state.ctx.extras).worker  # type: ignore[union-attr]
+        worker.poll_seconds = 3600
+        db = Database(database_url)
+        try:
+            with TestClient(app) as client:
+                send(client, bodies_of(1)[0])
+                assert hanging.wait_for(lambda: hanging.hanging == 1)  # in flight, from memory
+                (row,) = deliveries(database_url)
+                assert (row["state"], row["attempts"]) == ("pending", 0)
+                assert row["next_attempt_at"] == int(clock.now) + worker.lease_seconds
+
+                def claim_as_another_process() -> list[store.Claimed]:
+                    now = int(clock.now)
+                    with db.write() as conn:
+                        return store.claim(
+                            conn, destination, 10, now=now, lease_until=now + 60,
+                            sealer=TEST_SEALER,
+                        )  # fmt: skip
+
+                assert claim_as_another_process() == []
+                clock.advance(worker.lease_seconds)
+                (taken,) = claim_as_another_process()
+                assert taken.id == row["id"]
+                assert taken.body == bodies_of(1)[0]
+                hanging.close()  # release the hung request so the app can stop
+        finally:
+            db.dispose()
+
+
 def test_a_body_whose_deliveries_cannot_be_queued_is_not_acknowledged(
     database_url: str, make_app: Callable[..., FastAPI], recorder: Destination
 ) -> None:

@@ -29,6 +29,7 @@ from conftest import APP_SECRET, FakeClock, make_settings
 from test_forwarding import add_destination, bodies_of, deliveries, poll, send
 from wastats.app import create_app
 from wastats.forward.service import forwarding_of
+from wastats.forward.transport import Transports
 from wastats.whatsapp.signature import verify_signature
 
 
@@ -158,6 +159,14 @@ def make_app(database_url: str, **overrides: Any) -> FastAPI:
     return app
 
 
+def transports_of(client: TestClient) -> Transports:
+    forwarding = forwarding_of(client.app.state.ctx.extras)  # type: ignore[attr-defined]
+    assert forwarding is not None
+    transport = forwarding.worker.transport
+    assert isinstance(transport, Transports)
+    return transport
+
+
 def test_an_h2_destination_behind_a_private_ca_gets_every_body_over_http2(
     sqlite_url: str, h2_destination: TlsDestination, ca_file: Path
 ) -> None:
@@ -168,6 +177,8 @@ def test_an_h2_destination_behind_a_private_ca_gets_every_body_over_http2(
             send(client, raw)
         assert h2_destination.wait_for(lambda: len(h2_destination.arrivals) >= len(raws))
         assert poll(lambda: all(d["state"] == "delivered" for d in deliveries(sqlite_url)))
+        transports = transports_of(client)
+        assert transports.of(h2_destination.url) is transports.http2
     arrivals = h2_destination.arrivals
     assert sorted(a.body for a in arrivals) == sorted(raws)
     # The server's own record: every request came over HTTP/2, on TLS.
@@ -191,6 +202,9 @@ def test_an_https_destination_without_h2_gets_http11(
                 send(client, raw)
             assert destination.wait_for(lambda: len(destination.arrivals) >= len(raws))
             assert poll(lambda: all(d["state"] == "delivered" for d in deliveries(sqlite_url)))
+            # Learnt from its first answer: the rest went through the HTTP/1.1 client.
+            transports = transports_of(client)
+            assert transports.of(destination.url) is transports.http1
     finally:
         destination.close()
     assert sorted(a.body for a in destination.arrivals) == sorted(raws)
