@@ -5,7 +5,7 @@ Two `wastats serve`-like servers (bench_http's: uvicorn, one worker, SQLite, pin
 everything to a local consumer (forward_sink.py, raw ASGI on uvicorn, its own process pinned
 to wrk's core, which records when each body arrived):
 
-* **full load**: `wrk` posts signed, all-distinct bodies (1 status update each, 32
+* **full load**: `wrk` posts signed, all-distinct bodies (a message's status updates each, 32
   connections) to each server for `seconds`; reported: requests/s and p50/p99 of both, and
   their ratio (what forwarding costs the webhook rate). Meanwhile one *probe* client posts a
   body every 20 ms to the same server (to both, so the load is the same) and, on the
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def json_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def distinct_bodies(count: int, seed: int) -> list[bytes]:
+    """`count` new bodies (the generator's bodies hold a message's 2 or 3 status updates)."""
+    return [
+        json_bytes(b) for b in islice(bodies(count * 3, per_body=1, seed=seed, numbers=20), count)
+    ]
 
 
 class Sent:
@@ -174,8 +182,9 @@ def bench(
     for name, seed in (("warmup", 11), ("plain", 12), ("forward", 13)):
         files[name] = work / f"forward-{name}.tsv"
         write_bodies(files[name], int(6000 * (seconds + 2) * 1.5), 1, seed)
-    probes = {name: [json_bytes(b) for b in bodies(seconds * 60, per_body=1, seed=seed, numbers=20)]
-              for name, seed in (("plain", 21), ("forward", 22))}  # fmt: skip
+    probes = {
+        name: distinct_bodies(seconds * 50, seed) for name, seed in (("plain", 21), ("forward", 22))
+    }
     sink = start_sink(sink_port, work / "sink.log")
     results: dict[str, Any] = {"seconds": seconds}
     try:
@@ -197,8 +206,7 @@ def bench(
                 runs[name]["delivered_backlog_after_run_seconds"] = round(wait_delivered(port), 2)
                 results["lag_full_load"] = probe.lag(sink_port)
                 rate = steady_fraction * runs[name]["requests_per_second"]
-                raws = [json_bytes(b) for b in bodies(int(rate * steady_seconds), per_body=1,
-                                                        seed=99, numbers=20)]  # fmt: skip
+                raws = distinct_bodies(int(rate * steady_seconds), 99)
                 steady = Sent()
                 achieved = paced(port, raws, rate, 8, steady)
                 wait_delivered(port)

@@ -11,9 +11,11 @@ import hmac
 import json
 import math
 import random
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from forward_servers import Destination
 from helpers import TEST_SEALER, add_number, create_tenant
 from wastats.app import create_app
 from wastats.cli import app as cli
-from wastats.forward.match import addresses
+from wastats.forward.match import AcceptedBody, ForwardQueue, Handoff, addresses
 from wastats.forward.service import Forwarding, forwarding_of
 from wastats.forward.worker import RetryPolicy
 from wastats.settings import Settings
@@ -699,3 +701,98 @@ def reference_addresses(doc: Any) -> tuple[set[str], set[str]]:
 def test_the_ids_a_body_is_addressed_to_are_found_whatever_else_it_holds(doc: Any) -> None:
     found = addresses(json.dumps(doc).encode())
     assert (set(found.wabas), set(found.numbers)) == reference_addresses(doc)
+
+
+class RecordingTaker:
+    """The enqueue hook's view of a delivery worker, answering as the example says and keeping
+    what it was handed (a recorder, not a stand-in for anything the service runs)."""
+
+    def __init__(self, running: bool, wanted: set[int], lease: int) -> None:
+        self.running, self.wanted, self.lease = running, wanted, lease
+        self.taken: list[Handoff] = []
+
+    def lease_until(self, now: int) -> int | None:
+        return now + self.lease if self.running else None
+
+    def wants(self, destination_id: int) -> bool:
+        return destination_id in self.wanted
+
+    def take(self, handoffs: Sequence[Handoff]) -> None:
+        self.taken.extend(handoffs)
+
+
+@settings_(max_examples=40, deadline=None)
+@given(
+    destinations=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=4),
+    count=st.integers(1, 6),
+    running=st.booleans(),
+)
+def test_each_queued_delivery_is_either_handed_over_leased_or_left_due_for_any_process(
+    sqlite_template: Path, destinations: list[tuple[bool, bool]], count: int, running: bool
+) -> None:
+    """Whatever the destinations (paused or not, wanted by the worker or not) and whether the
+    worker runs: every (body, destination) pair gets one row; the rows handed over in memory
+    are exactly those leased to this process (active destinations the worker wants, while it
+    runs), carry the body and Meta's headers as received, and are handed over only after the
+    commit; every other row is due now, for any process."""
+    now, lease = 1_767_000_000, 25
+    raws = bodies_of(count)
+    headers = (("Content-Type", "application/json"), ("X-Hub-Signature-256", "sha256=00"))
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "wastats.db"
+        shutil.copyfile(sqlite_template, target)
+        db = Database(f"sqlite:///{target}")
+        try:
+            queue = ForwardQueue()
+            with db.write() as conn:
+                ids = []
+                for i, (paused, _) in enumerate(destinations):
+                    found = store.add_destination(
+                        conn, url=f"http://127.0.0.1:9/{i}", scope=store.ALL, scope_value="",
+                        source=store.FROM_CLI, now=now,
+                    )  # fmt: skip
+                    assert found is not None
+                    store.set_paused(conn, found, paused)
+                    ids.append(found)
+            wanted = {d for d, (_, wants) in zip(ids, destinations, strict=True) if wants}
+            taker = RecordingTaker(running, wanted, lease)
+            queue.attach(taker)
+            with db.write() as conn:
+                new = inbox_repo.insert_bodies(
+                    conn,
+                    [
+                        inbox_repo.NewBody(
+                            sha256=hashlib.sha256(r).hexdigest(),
+                            body=r,
+                            source="webhook",
+                            received_at=now,
+                        )  # fmt: skip
+                        for r in raws
+                    ],
+                    TEST_SEALER,
+                )
+                by_sha = {hashlib.sha256(r).hexdigest(): r for r in raws}
+                raw_of = {i: by_sha[sha] for sha, i in new.items()}
+                queued = queue.enqueue(
+                    conn, [AcceptedBody(i, raw_of[i], headers) for i in new.values()], now
+                )
+                assert taker.taken == []  # nothing before the commit
+            queue.committed(queued)
+            with db.read() as conn:
+                rows = conn.execute(select(forward_deliveries)).all()
+        finally:
+            db.dispose()
+    active = {d for d, (paused, _) in zip(ids, destinations, strict=True) if not paused}
+    handed = active & wanted if running else set()
+    assert queued.count == len(rows) == len(raws) * len(ids)
+    leased = {r.id for r in rows if r.next_attempt_at == now + lease}
+    due = {r.id for r in rows if r.next_attempt_at == now}
+    assert leased | due == {r.id for r in rows}
+    assert not leased & due
+    assert leased == {r.id for r in rows if r.destination_id in handed}
+    assert sorted(h.delivery.id for h in taker.taken) == sorted(leased)
+    for h in taker.taken:
+        assert h.delivery.body == raw_of[h.delivery.inbox_id]
+        assert tuple(h.delivery.headers) == headers
+        assert (h.delivery.attempts, h.lease_until) == (0, now + lease)
+        assert h.url.endswith(f"/{ids.index(h.delivery.destination_id)}")
