@@ -475,6 +475,33 @@ def test_a_hanging_destination_does_not_delay_another(
             hanging.close()  # release the hung requests so the app can stop
 
 
+def test_a_failed_attempt_hands_what_waited_behind_it_back_at_once(
+    database_url: str, make_app: Callable[..., FastAPI]
+) -> None:
+    """One slot: the first body hangs, the next ones wait in memory behind it; when the first
+    fails, those are handed back due now (not left until their lease runs out) and delivered
+    by the next claim, while the failed one waits for its backoff. The clock does not move."""
+    with Destination(hang=True) as blip:
+        add_destination(database_url, blip.url)
+        raws = bodies_of(12)
+        with TestClient(make_app(forward_concurrency=1)) as client:
+            for raw in raws:
+                send(client, raw)
+            assert blip.wait_for(lambda: blip.hanging == 1)
+            blip.release()  # the hung request fails (no answer); the rest will be answered
+            assert blip.wait_for(lambda: len(blip.received) == len(raws) - 1)
+            first = raws.index(blip.attempts[0].body)
+            assert poll(
+                lambda: (
+                    [d["state"] for d in deliveries(database_url)].count("delivered")
+                    == len(raws) - 1
+                )
+            )
+    assert sorted(r.body for r in blip.received) == sorted(raws[:first] + raws[first + 1 :])
+    row = next(d for d in deliveries(database_url) if d["state"] == "pending")
+    assert row["attempts"] == 1
+
+
 def test_dead_letter_after_seven_days_then_replay(
     database_url: str, make_app: Callable[..., FastAPI], clock: FakeClock
 ) -> None:

@@ -380,11 +380,18 @@ class Forwarder:
         if result.delivered:
             self._failing.discard(destination_id)
         else:
-            # Failing: what is queued behind it would most likely fail too. Let it go; it is
-            # claimed again (by any process) when its lease ends, and new bodies wait in the
-            # database (due) until an attempt works again.
+            # Failing: hand back what waits behind it, due now, rather than post it at once to
+            # a destination that most likely fails again (or hold it until its lease ends: a
+            # blip must not delay those bodies by a lease). The next regular claim (not one
+            # per failure: a destination that is down would cost a transaction per attempt)
+            # takes them, each then delivered or failing into its own backoff; new bodies wait
+            # in the database, due, until an attempt works again.
             self._failing.add(destination_id)
-            self._queued[destination_id].clear()
+            waiting = self._queued[destination_id]
+            while waiting:
+                work = waiting.popleft()
+                self._add_result(store.Result(work.delivery.id, destination_id, False, None))
+            self._more_in_db.discard(destination_id)
         self._launch()
         if self._wake is not None and self._runs_short():
             self._wake.set()
