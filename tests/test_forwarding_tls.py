@@ -36,6 +36,8 @@ from wastats.whatsapp.signature import verify_signature
 @dataclass(frozen=True)
 class Arrival:
     http_version: str
+    client: tuple[str, int]
+    """The sender's address and port: one per connection."""
     scheme: str
     path: str
     headers: dict[str, str]
@@ -102,6 +104,7 @@ class TlsDestination:
             more = message.get("more_body", False)
         arrival = Arrival(
             http_version=scope["http_version"],
+            client=tuple(scope["client"]),
             scheme=scope["scheme"],
             path=scope["path"],
             headers={k.decode().lower(): v.decode() for k, v in scope["headers"]},
@@ -171,7 +174,7 @@ def test_an_h2_destination_behind_a_private_ca_gets_every_body_over_http2(
     sqlite_url: str, h2_destination: TlsDestination, ca_file: Path
 ) -> None:
     add_destination(sqlite_url, h2_destination.url)
-    raws = bodies_of(30)
+    raws = bodies_of(40)
     with TestClient(make_app(sqlite_url, forward_ca_file=ca_file)) as client:
         for raw in raws:
             send(client, raw)
@@ -184,6 +187,8 @@ def test_an_h2_destination_behind_a_private_ca_gets_every_body_over_http2(
     # The server's own record: every request came over HTTP/2, on TLS.
     assert {a.http_version for a in arrivals} == {"2"}
     assert {a.scheme for a in arrivals} == {"https"}
+    # Connections reused: at most one per request in flight (16), not one per body.
+    assert len({a.client for a in arrivals}) <= 16
     for a in arrivals:
         assert a.path == "/hook"
         assert verify_signature(APP_SECRET.encode(), a.body, a.headers["x-hub-signature-256"])
@@ -196,7 +201,7 @@ def test_an_https_destination_without_h2_gets_http11(
     destination = TlsDestination(ca.issue_cert("127.0.0.1"), tmp_path, offer_h2=False)
     try:
         add_destination(sqlite_url, destination.url)
-        raws = bodies_of(12)
+        raws = bodies_of(40)
         with TestClient(make_app(sqlite_url, forward_ca_file=ca_file)) as client:
             for raw in raws:
                 send(client, raw)
@@ -209,6 +214,7 @@ def test_an_https_destination_without_h2_gets_http11(
         destination.close()
     assert sorted(a.body for a in destination.arrivals) == sorted(raws)
     assert {a.http_version for a in destination.arrivals} == {"1.1"}
+    assert len({a.client for a in destination.arrivals}) <= 16  # kept alive
 
 
 def _stays_pending_with_a_certificate_error(
