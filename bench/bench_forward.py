@@ -13,6 +13,9 @@ to wrk's core, which records when each body arrived):
   forwarder needed for what was still pending.
 * **steady load**: then, to the forwarding server, 8 clients post at a fixed total rate (half
   the full-load rate with a destination: a load it keeps up with) for `steady_seconds`.
+* **sender CPU**: the CPU time (of this process: the sink's is not counted) one delivery costs
+  through each of forward.transport's clients, 2,500 bodies to the sink, 16 in flight:
+  aiohttp (HTTP/1.1) and httpx (with h2 enabled, speaking HTTP/1.1 to the sink).
 
 Delivery lag, per body: the consumer's arrival time minus the time wastats answered 200 (what
 forwarding adds for the consumer), and minus the time the POST was sent (what the consumer
@@ -22,6 +25,7 @@ sees against Meta posting to it directly); p50 / p99 / max in milliseconds. One 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -37,6 +41,7 @@ import httpx
 
 from bench_http import SECRET, _pin, run_wrk, start_server, stop_server, write_bodies
 from generate import bodies
+from wastats.forward.transport import Http1, Http2, Transport
 from wastats.whatsapp.signature import sign
 
 HERE = Path(__file__).resolve().parent
@@ -174,6 +179,34 @@ def full_load(
     return result, sent
 
 
+def sender_cpu(sink_port: int, count: int = 2500) -> dict[str, Any]:
+    """Milliseconds of CPU per delivery, and deliveries/s, of each transport (16 in flight)."""
+    raws = distinct_bodies(count + 200, 5)
+    url = f"http://127.0.0.1:{sink_port}/cpu"
+
+    async def run(transport: Transport) -> dict[str, float]:
+        slots = asyncio.Semaphore(16)
+
+        async def one(raw: bytes) -> None:
+            async with slots:
+                headers = [("Content-Type", "application/json"),
+                           ("X-Hub-Signature-256", sign(SECRET.encode(), raw))]  # fmt: skip
+                assert (await transport.post(url, raw, headers)).status == 200
+
+        await asyncio.gather(*(one(r) for r in raws[:200]))  # connections made, code warm
+        cpu, wall = time.process_time(), time.monotonic()
+        await asyncio.gather(*(one(r) for r in raws[200:]))
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        await transport.aclose()
+        return {"cpu_ms_per_delivery": round(cpu / count * 1000, 3),
+                "deliveries_per_second": round(count / wall, 1)}  # fmt: skip
+
+    return {
+        "aiohttp_http1": asyncio.run(run(Http1(ca_file=None, timeout=30))),
+        "httpx": asyncio.run(run(Http2(ca_file=None, timeout=30))),
+    }
+
+
 def bench(
     work: Path, *, seconds: int, steady_seconds: int = 10, steady_fraction: float = 0.5
 ) -> dict[str, Any]:
@@ -217,6 +250,7 @@ def bench(
                 }
             finally:
                 stop_server(server)
+        results["sender_cpu"] = sender_cpu(sink_port)
         results["webhook_without_destination"] = runs["plain"]
         results["webhook_with_destination"] = runs["forward"]
         results["rate_ratio"] = round(
