@@ -13,7 +13,8 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
   http    signed webhook POSTs (1 and 100 status updates each) through the real server against
           a bare endpoint on the same stack; SQLite with one worker, PostgreSQL with two.
   forward the http webhook load with one local forwarding destination, against none: the
-          webhook rate, and the delivery lag p50/p99 (bench_forward.py)
+          webhook rate, and the delivery lag p50/p99 at full and at steady load
+          (bench_forward.py)
   stats   getConversationsStatistics and /v1/stats (monthly) for an account with 1,000 numbers
           and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
   isolation  webhook acknowledgement p50/p99 idle and while four clients loop on the heaviest
@@ -241,7 +242,7 @@ def main() -> None:
 
             print("forward: webhooks with one local destination ...", flush=True)
             results["forward"] = bench_forward(
-                work, seconds=5 if args.quick else 10, lag_bodies=1000 if args.quick else 3000
+                work, seconds=5 if args.quick else 10, steady_seconds=5 if args.quick else 15
             )
             print(json.dumps(results["forward"], indent=2), flush=True)
         if args.only in (None, "stats"):

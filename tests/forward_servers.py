@@ -99,10 +99,11 @@ class Destination:
         with self.changed:
             self.attempts.append(got)
             failing = len(self.attempts) <= self.fail_first
-            if self.hang:
+            hang = self.hang
+            if hang:
                 self.hanging += 1
             self.changed.notify_all()
-        if self.hang:
+        if hang:
             self._release.wait(120)
             handler.close_connection = True
             return
@@ -133,6 +134,12 @@ class Destination:
         """Wait (bounded) until `condition()` holds; it is checked on every request."""
         with self.changed:
             return self.changed.wait_for(condition, timeout)
+
+    def release(self) -> None:
+        """Stop hanging: the requests held so far are dropped without an answer (a failed
+        attempt for the sender), and the next ones are answered."""
+        self.hang = False
+        self._release.set()
 
     def close(self) -> None:
         self._release.set()

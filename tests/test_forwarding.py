@@ -11,9 +11,11 @@ import hmac
 import json
 import math
 import random
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from forward_servers import Destination
 from helpers import TEST_SEALER, add_number, create_tenant
 from wastats.app import create_app
 from wastats.cli import app as cli
-from wastats.forward.match import addresses
+from wastats.forward.match import AcceptedBody, ForwardQueue, Handoff, addresses
 from wastats.forward.service import Forwarding, forwarding_of
 from wastats.forward.worker import RetryPolicy
 from wastats.settings import Settings
@@ -308,6 +310,62 @@ def test_deliveries_commit_with_the_inbox_row(
     assert queued == dict.fromkeys(stored, "pending")
 
 
+def test_accepted_bodies_are_posted_from_memory_and_recorded_in_batches(
+    database_url: str, make_app: Callable[..., FastAPI], recorder: Destination
+) -> None:
+    """With the worker's claim cycle out of the way (it would run once an hour), bodies still
+    reach the destination right after their commit, handed over in memory, and their outcomes
+    are written back without a claim."""
+    add_destination(database_url, recorder.url)
+    raws = bodies_of(50)
+    app = make_app()
+    forwarding_of(app.state.ctx.extras).worker.poll_seconds = 3600  # type: ignore[union-attr]
+    with TestClient(app) as client:
+        for raw in raws:
+            send(client, raw)
+        assert recorder.wait_for(lambda: len(recorder.received) == len(raws))
+        assert poll(lambda: all(d["state"] == "delivered" for d in deliveries(database_url)))
+    assert sorted(r.body for r in recorder.received) == sorted(raws)
+    assert all(d["attempts"] == 1 for d in deliveries(database_url))
+
+
+def test_a_delivery_posted_from_memory_is_leased_to_its_process(
+    database_url: str, make_app: Callable[..., FastAPI], clock: FakeClock
+) -> None:
+    """The row handed over in memory is written already claimed: no other process takes it
+    while this one posts it, and any process does once the lease has run out (this one died)."""
+    with Destination(hang=True) as hanging:
+        destination = add_destination(database_url, hanging.url)
+        app = make_app(forward_timeout_seconds=30)
+        worker = forwarding_of(app.state.ctx.extras).worker  # type: ignore[union-attr]
+        worker.poll_seconds = 3600
+        db = Database(database_url)
+        try:
+            with TestClient(app) as client:
+                send(client, bodies_of(1)[0])
+                assert hanging.wait_for(lambda: hanging.hanging == 1)  # in flight, from memory
+                (row,) = deliveries(database_url)
+                assert (row["state"], row["attempts"]) == ("pending", 0)
+                assert row["next_attempt_at"] == int(clock.now) + worker.lease_seconds
+
+                def claim_as_another_process() -> list[store.Claimed]:
+                    now = int(clock.now)
+                    with db.write() as conn:
+                        return store.claim(
+                            conn, destination, 10, now=now, lease_until=now + 60,
+                            sealer=TEST_SEALER,
+                        )  # fmt: skip
+
+                assert claim_as_another_process() == []
+                clock.advance(worker.lease_seconds)
+                (taken,) = claim_as_another_process()
+                assert taken.id == row["id"]
+                assert taken.body == bodies_of(1)[0]
+                hanging.close()  # release the hung request so the app can stop
+        finally:
+            db.dispose()
+
+
 def test_a_body_whose_deliveries_cannot_be_queued_is_not_acknowledged(
     database_url: str, make_app: Callable[..., FastAPI], recorder: Destination
 ) -> None:
@@ -405,7 +463,7 @@ def test_a_hanging_destination_does_not_delay_another(
         add_destination(database_url, hanging.url)
         add_destination(database_url, recorder.url)
         raws = bodies_of(40)
-        with TestClient(make_app(forward_timeout_seconds=120)) as client:
+        with TestClient(make_app(forward_timeout_seconds=120, forward_concurrency=4)) as client:
             for raw in raws:
                 send(client, raw)
             # Everything reaches the healthy one while the hanging one holds every slot it
@@ -415,6 +473,33 @@ def test_a_hanging_destination_does_not_delay_another(
             assert hanging.hanging == 4  # the per-destination concurrency bound
             assert {r.body for r in recorder.received} == set(raws)
             hanging.close()  # release the hung requests so the app can stop
+
+
+def test_a_failed_attempt_hands_what_waited_behind_it_back_at_once(
+    database_url: str, make_app: Callable[..., FastAPI]
+) -> None:
+    """One slot: the first body hangs, the next ones wait in memory behind it; when the first
+    fails, those are handed back due now (not left until their lease runs out) and delivered
+    by the next claim, while the failed one waits for its backoff. The clock does not move."""
+    with Destination(hang=True) as blip:
+        add_destination(database_url, blip.url)
+        raws = bodies_of(12)
+        with TestClient(make_app(forward_concurrency=1)) as client:
+            for raw in raws:
+                send(client, raw)
+            assert blip.wait_for(lambda: blip.hanging == 1)
+            blip.release()  # the hung request fails (no answer); the rest will be answered
+            assert blip.wait_for(lambda: len(blip.received) == len(raws) - 1)
+            first = raws.index(blip.attempts[0].body)
+            assert poll(
+                lambda: (
+                    [d["state"] for d in deliveries(database_url)].count("delivered")
+                    == len(raws) - 1
+                )
+            )
+    assert sorted(r.body for r in blip.received) == sorted(raws[:first] + raws[first + 1 :])
+    row = next(d for d in deliveries(database_url) if d["state"] == "pending")
+    assert row["attempts"] == 1
 
 
 def test_dead_letter_after_seven_days_then_replay(
@@ -643,3 +728,98 @@ def reference_addresses(doc: Any) -> tuple[set[str], set[str]]:
 def test_the_ids_a_body_is_addressed_to_are_found_whatever_else_it_holds(doc: Any) -> None:
     found = addresses(json.dumps(doc).encode())
     assert (set(found.wabas), set(found.numbers)) == reference_addresses(doc)
+
+
+class RecordingTaker:
+    """The enqueue hook's view of a delivery worker, answering as the example says and keeping
+    what it was handed (a recorder, not a stand-in for anything the service runs)."""
+
+    def __init__(self, running: bool, wanted: set[int], lease: int) -> None:
+        self.running, self.wanted, self.lease = running, wanted, lease
+        self.taken: list[Handoff] = []
+
+    def lease_until(self, now: int) -> int | None:
+        return now + self.lease if self.running else None
+
+    def wants(self, destination_id: int) -> bool:
+        return destination_id in self.wanted
+
+    def take(self, handoffs: Sequence[Handoff]) -> None:
+        self.taken.extend(handoffs)
+
+
+@settings_(max_examples=40, deadline=None)
+@given(
+    destinations=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=4),
+    count=st.integers(1, 6),
+    running=st.booleans(),
+)
+def test_each_queued_delivery_is_either_handed_over_leased_or_left_due_for_any_process(
+    sqlite_template: Path, destinations: list[tuple[bool, bool]], count: int, running: bool
+) -> None:
+    """Whatever the destinations (paused or not, wanted by the worker or not) and whether the
+    worker runs: every (body, destination) pair gets one row; the rows handed over in memory
+    are exactly those leased to this process (active destinations the worker wants, while it
+    runs), carry the body and Meta's headers as received, and are handed over only after the
+    commit; every other row is due now, for any process."""
+    now, lease = 1_767_000_000, 25
+    raws = bodies_of(count)
+    headers = (("Content-Type", "application/json"), ("X-Hub-Signature-256", "sha256=00"))
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "wastats.db"
+        shutil.copyfile(sqlite_template, target)
+        db = Database(f"sqlite:///{target}")
+        try:
+            queue = ForwardQueue()
+            with db.write() as conn:
+                ids = []
+                for i, (paused, _) in enumerate(destinations):
+                    found = store.add_destination(
+                        conn, url=f"http://127.0.0.1:9/{i}", scope=store.ALL, scope_value="",
+                        source=store.FROM_CLI, now=now,
+                    )  # fmt: skip
+                    assert found is not None
+                    store.set_paused(conn, found, paused)
+                    ids.append(found)
+            wanted = {d for d, (_, wants) in zip(ids, destinations, strict=True) if wants}
+            taker = RecordingTaker(running, wanted, lease)
+            queue.attach(taker)
+            with db.write() as conn:
+                new = inbox_repo.insert_bodies(
+                    conn,
+                    [
+                        inbox_repo.NewBody(
+                            sha256=hashlib.sha256(r).hexdigest(),
+                            body=r,
+                            source="webhook",
+                            received_at=now,
+                        )  # fmt: skip
+                        for r in raws
+                    ],
+                    TEST_SEALER,
+                )
+                by_sha = {hashlib.sha256(r).hexdigest(): r for r in raws}
+                raw_of = {i: by_sha[sha] for sha, i in new.items()}
+                queued = queue.enqueue(
+                    conn, [AcceptedBody(i, raw_of[i], headers) for i in new.values()], now
+                )
+                assert taker.taken == []  # nothing before the commit
+            queue.committed(queued)
+            with db.read() as conn:
+                rows = conn.execute(select(forward_deliveries)).all()
+        finally:
+            db.dispose()
+    active = {d for d, (paused, _) in zip(ids, destinations, strict=True) if not paused}
+    handed = active & wanted if running else set()
+    assert queued.count == len(rows) == len(raws) * len(ids)
+    leased = {r.id for r in rows if r.next_attempt_at == now + lease}
+    due = {r.id for r in rows if r.next_attempt_at == now}
+    assert leased | due == {r.id for r in rows}
+    assert not leased & due
+    assert leased == {r.id for r in rows if r.destination_id in handed}
+    assert sorted(h.delivery.id for h in taker.taken) == sorted(leased)
+    for h in taker.taken:
+        assert h.delivery.body == raw_of[h.delivery.inbox_id]
+        assert tuple(h.delivery.headers) == headers
+        assert (h.delivery.attempts, h.lease_until) == (0, now + lease)
+        assert h.url.endswith(f"/{ids.index(h.delivery.destination_id)}")

@@ -241,7 +241,7 @@ class Settings(BaseSettings):
         "failed attempt, retried later.",
     )
     forward_concurrency: int = Field(
-        default=4, ge=1, le=256, description="Requests in flight at once to one destination."
+        default=16, ge=1, le=256, description="Requests in flight at once to one destination."
     )
     forward_degraded_after_seconds: int = Field(
         default=300,
@@ -252,7 +252,7 @@ class Settings(BaseSettings):
     forward_ca_file: Path | None = Field(
         default=None,
         description="PEM file of the certificate authorities to trust for HTTPS destinations "
-        "(default: the system's). Certificates are always verified.",
+        "(default: the system's and certifi's). Certificates are always verified.",
     )
 
     @field_validator("database_url")

@@ -9,10 +9,9 @@ a WABA or a number, a decode of the ids the scopes need (msgspec skips everythin
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from sqlalchemy import Connection
@@ -156,37 +155,115 @@ class AcceptedBody:
     headers: Headers
 
 
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A delivery queued leased to this process, to post from memory once its transaction has
+    committed: the destination, the row (`store.Claimed`, with the body) and the lease's end."""
+
+    url: str
+    delivery: store.Claimed
+    lease_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """What `ForwardQueue.enqueue` queued in a transaction, for `committed` once it has."""
+
+    count: int = 0
+    handoffs: tuple[Handoff, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+class Taker(Protocol):
+    """The delivery worker of this process, as the enqueue hook sees it."""
+
+    def lease_until(self, now: int) -> int | None:
+        """The lease to queue deliveries with for this worker; None: it takes none now
+        (stopped): the rows are queued due now, for any process."""
+        ...
+
+    def wants(self, destination_id: int) -> bool:
+        """Whether it takes more of this destination from memory now (not when it is failing
+        or already holds more than it can post within a lease)."""
+        ...
+
+    def take(self, handoffs: Sequence[Handoff]) -> None:
+        """Post these (thread-safe; called after the commit)."""
+        ...
+
+
 class ForwardQueue:
-    """Queues the deliveries of newly stored bodies (in the caller's transaction), and wakes
-    the delivery workers of this process once that transaction has committed."""
+    """Queues the deliveries of newly stored bodies (in the caller's transaction) and, once
+    that transaction has committed, hands them to this process's delivery worker, which posts
+    them from memory: no read of the database between the commit and the POST.
+
+    The rows it hands over are written already claimed, with a lease, so no other process
+    takes them meanwhile; if this process dies before recording the outcome, the lease runs
+    out and any process delivers them from the database (at least once)."""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._taker: Taker | None = None
 
-    def listen(self, wake: Callable[[], None]) -> None:
-        with self._lock:
-            self._listeners.append(wake)
+    def attach(self, taker: Taker) -> None:
+        self._taker = taker
 
-    def enqueue(self, conn: Connection, accepted: Sequence[AcceptedBody], now: int) -> int:
-        """Add a delivery of each body to each destination it matches; returns how many."""
+    def enqueue(self, conn: Connection, accepted: Sequence[AcceptedBody], now: int) -> Queued:
+        """Add a delivery of each body to each destination it matches."""
         if not accepted:
-            return 0
+            return Queued()
         targets = store.targets(conn)
         if not targets:
-            return 0
+            return Queued()
+        taker = self._taker
+        lease_until = taker.lease_until(now) if taker is not None else None
+        # Taken from memory: the active destinations the worker has room for.
+        leased = {
+            t.id
+            for t in targets
+            if lease_until is not None and not t.paused and taker is not None and taker.wants(t.id)
+        }
         scoped = any(t.scope != store.ALL for t in targets)
         rows: list[store.NewDelivery] = []
         for body in accepted:
             found = addresses(body.raw) if scoped else Addresses()
             rows.extend(
-                store.NewDelivery(body.inbox_id, t.id, body.headers)
+                store.NewDelivery(
+                    body.inbox_id,
+                    t.id,
+                    body.headers,
+                    leased_until=lease_until if t.id in leased else None,
+                )
                 for t in targets
                 if matches(t, found)
             )
-        return store.enqueue(conn, rows, now)
+        queued = store.enqueue(conn, rows, now)
+        if not leased or lease_until is None:
+            return Queued(len(queued))
+        urls = {t.id: t.url for t in targets}
+        by_id = {b.inbox_id: b for b in accepted}
+        handoffs = tuple(
+            Handoff(
+                urls[q.destination_id],
+                store.Claimed(
+                    id=q.id,
+                    inbox_id=q.inbox_id,
+                    destination_id=q.destination_id,
+                    headers=list(by_id[q.inbox_id].headers),
+                    attempts=0,
+                    created_at=now,
+                    body=by_id[q.inbox_id].raw,
+                ),
+                lease_until,
+            )
+            for q in queued
+            if q.destination_id in leased
+        )
+        return Queued(len(queued), handoffs)
 
-    def committed(self) -> None:
-        """Called after the transaction that enqueued deliveries has committed."""
-        for wake in self._listeners:
-            wake()
+    def committed(self, queued: Queued) -> None:
+        """Called after the transaction that enqueued `queued` has committed (never before:
+        a body the database does not hold must not be posted)."""
+        if queued.handoffs and self._taker is not None:
+            self._taker.take(queued.handoffs)

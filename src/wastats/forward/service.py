@@ -41,7 +41,8 @@ class Forwarding:
             ca_file=settings.forward_ca_file,
             retention_days=settings.raw_retention_days,
         )
-        self.queue.listen(self.worker.wake)
+        # The inbox writer hands each committed delivery to this worker (posted from memory).
+        self.queue.attach(self.worker)
 
     def start(self) -> None:
         """Bring the configured destinations in step with the settings, start the worker."""

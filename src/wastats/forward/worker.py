@@ -1,18 +1,29 @@
-"""The delivery worker: posts stored webhook bodies to their destinations, byte-exact.
+"""The delivery worker: posts webhook bodies to their destinations, byte-exact.
 
-One thread per process runs an asyncio loop with one `httpx.AsyncClient` (keep-alive, HTTP/2
-where the destination offers it, TLS verified, redirects not followed). It works only from the
-durable rows (`store.forwarding`): each *cycle* is one write transaction that records the
-outcomes of finished attempts and claims the deliveries now due, up to the free slots of each
-destination (`WASTATS_FORWARD_CONCURRENCY`), so a destination that hangs holds only its own
-slots and the others go on. A cycle runs when the inbox writer of this process commits new
-deliveries (lag: milliseconds), when an attempt finishes, and every `poll_seconds` (retries
-due, deliveries queued by other processes).
+One thread per process runs an asyncio loop with the transports of `forward.transport`
+(HTTP/1.1 through aiohttp, HTTP/2 through httpx where an HTTPS destination offers it; TLS
+verified, redirects not followed, keep-alive). Work comes two ways:
 
-Retries: 2xx is delivered; anything else, including a timeout or a refused connection, is
-tried again after an exponential backoff with jitter, or after the destination's
-`Retry-After`, for up to 7 days from when the body arrived (as Meta does); then the delivery is
-a dead letter, kept for `wastats forward replay`.
+* **from memory**, right after the inbox commit: the inbox writer queues the deliveries of new
+  bodies already claimed by this process, with a lease, and hands them over with the bodies
+  (`ForwardQueue.committed` → `take`), so a healthy destination gets a body within
+  milliseconds of the 200 to Meta, without a read of the database in between;
+* **from the database**, in a *claim cycle*: deliveries due (retries, those queued while a
+  destination was paused, failing or behind, and leases run out because a process died),
+  claimed in one write transaction, `FOR UPDATE SKIP LOCKED` on PostgreSQL. A cycle runs every
+  `poll_seconds`, and at once when a destination with more waiting in the database runs short
+  of work.
+
+Outcomes are written in batches (every `FLUSH_SECONDS`, or `FLUSH_COUNT` outcomes), not one
+transaction per delivery: the database is the durable record, and until an outcome is written
+the row's lease keeps other processes off it. A process killed before writing them loses only
+the record: the lease runs out and the deliveries are made again (at least once).
+
+Each destination has `concurrency` requests in flight at most, so one that hangs holds only its
+own slots. Retries: 2xx is delivered; anything else, including a timeout or a refused
+connection, is tried again after an exponential backoff with jitter, or after the
+destination's `Retry-After`, for up to 7 days from when the body arrived (as Meta does); then
+the delivery is a dead letter, kept for `wastats forward replay`.
 """
 
 from __future__ import annotations
@@ -23,27 +34,26 @@ import email.utils
 import logging
 import math
 import random
-import ssl
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from wastats import __version__
 from wastats.forward.destinations import display_url
+from wastats.forward.match import Handoff
+from wastats.forward.transport import Transport, TransportError, Transports
 from wastats.sealing import BodySealer
 from wastats.store import forwarding as store
 from wastats.store.db import Database
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"wastats-forwarder/{__version__}"
-MAX_RESPONSE_BYTES = 64 * 1024
-"""Of a destination's answer we read at most this (its status is all that matters)."""
+FLUSH_SECONDS = 0.25
+"""Outcomes wait at most this long to be written (in one transaction with the others)."""
+FLUSH_COUNT = 256
+"""... or until this many wait."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +113,11 @@ class ForwardStats:
     cycle_errors: int = 0
 
 
-@dataclass(frozen=True)
-class _Active:
-    id: int
+@dataclass(frozen=True, slots=True)
+class _Work:
     url: str
+    delivery: store.Claimed
+    lease_until: int
 
 
 class Forwarder:
@@ -119,7 +130,7 @@ class Forwarder:
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = 10.0,
-        concurrency: int = 4,
+        concurrency: int = 16,
         ca_file: Path | None = None,
         policy: RetryPolicy | None = None,
         poll_seconds: float = 1.0,
@@ -138,17 +149,32 @@ class Forwarder:
         self.stats = ForwardStats()
         self._rng = random.Random(seed)
         # A process that dies mid-attempt leaves its claims to others after this long: longer
-        # than any attempt (bounded by `timeout`) plus the cycle that records its outcome.
+        # than any attempt (bounded by `timeout`) plus the flush that records its outcome.
         self.lease_seconds = math.ceil(timeout) * 2 + 5
         self.prefetch = concurrency * 8
-        """Deliveries of one destination claimed at once: a cycle's transaction costs more than
-        an attempt to a healthy destination, so one cycle feeds several rounds of attempts."""
+        """Deliveries of one destination claimed from the database at once."""
+        self.max_held = concurrency * 64
+        """Deliveries of one destination held in memory (queued or in flight) before the
+        inbox writer stops handing more over: they wait in the database instead, due."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._grace = 5.0
+        self.transport: Transport | None = None
+        # The state below is the event loop's; other threads only read lengths (`wants`).
+        self._queued: defaultdict[int, deque[_Work]] = defaultdict(deque)
+        self._in_flight: defaultdict[int, int] = defaultdict(int)
+        self._failing: set[int] = set()
+        """Destinations whose last attempt failed: nothing more from memory until one works."""
+        self._more_in_db: set[int] = set()
+        """Destinations with due deliveries left in the database (the last claim was full, or
+        the writer kept some there): a claim cycle runs as soon as they run short."""
+        self._results: list[store.Result] = []
+        self._first_result_at = 0.0
+        self._claim_now = False
+        self._tasks: set[asyncio.Task[store.Result]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -174,11 +200,23 @@ class Forwarder:
         return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
-        """Run a cycle now (thread-safe; called by the inbox writer after its commit)."""
-        loop, event = self._loop, self._wake
-        if loop is not None and event is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has just closed
-                loop.call_soon_threadsafe(event.set)
+        """Run a claim cycle now (thread-safe)."""
+        self._call(self._claim_soon)
+
+    def _call(self, callback: Callable[[], None]) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop has just closed
+            return False
+        return True
+
+    def _claim_soon(self) -> None:
+        self._claim_now = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _run(self) -> None:
         try:
@@ -188,120 +226,186 @@ class Forwarder:
         finally:
             self._ready.set()
 
+    # --- from memory (the inbox writer's thread calls these) --------------------------------
+
+    def lease_until(self, now: int) -> int | None:
+        if self._loop is None or self._stopping.is_set() or not self.running:
+            return None
+        return now + self.lease_seconds
+
+    def wants(self, destination_id: int) -> bool:
+        if destination_id in self._failing:
+            return False
+        held = len(self._queued.get(destination_id, ())) + self._in_flight.get(destination_id, 0)
+        if held < self.max_held:
+            return True
+        self._call(lambda: self._more_in_db.add(destination_id))
+        return False
+
+    def take(self, handoffs: Sequence[Handoff]) -> None:
+        items = [_Work(h.url, h.delivery, h.lease_until) for h in handoffs]
+        # If the loop is gone (stopping), the leases bring these back from the database.
+        self._call(lambda: self._take(items))
+
+    def _take(self, items: list[_Work]) -> None:
+        for item in items:
+            self._queued[item.delivery.destination_id].append(item)
+        self._launch()
+
     # --- the loop -------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        verify: ssl.SSLContext | bool = True
-        if self.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(self.ca_file))
-        return httpx.AsyncClient(
-            http2=True,
-            verify=verify,
-            follow_redirects=False,
-            timeout=self.timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            headers={"User-Agent": USER_AGENT},
-            trust_env=False,  # no proxy or netrc credentials picked up from the environment
-        )
+    def _make_transport(self) -> Transport:
+        return Transports(ca_file=self.ca_file, timeout=self.timeout)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         wake = self._wake
+        self.transport = self._make_transport()
         self._ready.set()
-        in_flight: defaultdict[int, int] = defaultdict(int)
-        # Claimed ahead of the free slots (a cycle's transaction costs more than an attempt to a
-        # healthy destination), each with the end of its lease.
-        queued: defaultdict[int, deque[tuple[_Active, store.Claimed, int]]] = defaultdict(deque)
-        tasks: set[asyncio.Task[store.Result]] = set()
-        results: list[store.Result] = []
         last_purge = 0.0
-
-        def finished(task: asyncio.Task[store.Result]) -> None:
-            if task.cancelled():
-                return  # stopping: the lease brings it back
-            result = task.result()
-            results.append(result)
-            in_flight[result.destination_id] -= 1
-            waiting = queued[result.destination_id]
-            if not result.delivered:
-                # Failing: what is queued behind it would most likely fail too. Let it go; it
-                # is claimed again (by any process) when its lease ends.
-                waiting.clear()
-            launch(client)
-            # A cycle (a transaction) only when this destination runs short of claimed work or
-            # enough outcomes wait to be recorded; else the next poll records them.
-            if len(waiting) < self.concurrency or len(results) >= self.prefetch // 2:
-                wake.set()
-
-        def launch(client: httpx.AsyncClient) -> None:
-            released = False
-            for destination_id, waiting in queued.items():
-                while waiting and in_flight[destination_id] < self.concurrency:
-                    destination, delivery, lease_until = waiting.popleft()
-                    if self.clock() + self.timeout + 1 > lease_until:
-                        # Its lease would end mid-attempt (a slow destination): hand it back,
-                        # due now, for a new claim with a new lease.
-                        results.append(store.Result(delivery.id, destination_id, False, None))
-                        released = True
-                        continue
-                    in_flight[destination_id] += 1
-                    task = asyncio.create_task(self._attempt(client, destination, delivery))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    task.add_done_callback(finished)
-            if released:
-                wake.set()
-
-        client = self._client()
-        async with client:
+        next_claim = 0.0
+        try:
             while not self._stopping.is_set():
                 wake.clear()
-                done, results[:] = list(results), []
-                # Refill a destination's claimed work only when it runs short.
-                wants = {
-                    d: self.prefetch - in_flight[d] - len(queued[d])
-                    if len(queued[d]) < self.concurrency
-                    else 0
-                    for d in set(in_flight) | set(queued)
-                }
-                try:
-                    claimed, active = await asyncio.to_thread(self._cycle, done, wants)
-                except Exception as exc:
-                    # Database away: keep the outcomes for the next cycle; the rows stay
-                    # claimed until their lease ends, so nothing is lost either way.
-                    results[:0] = done
-                    self.stats.cycle_errors += 1
-                    log.error("forwarding: database error: %s", getattr(exc, "orig", exc))
-                    claimed, active = [], None
-                if active is not None:
-                    for destination_id in set(queued) - active:
-                        queued[destination_id].clear()  # paused or removed meanwhile
-                for destination, deliveries, lease_until in claimed:
-                    queued[destination.id].extend((destination, d, lease_until) for d in deliveries)
-                launch(client)
+                now = time.monotonic()
+                claim = self._claim_now or now >= next_claim or self._runs_short()
+                flush = bool(self._results) and (
+                    len(self._results) >= FLUSH_COUNT
+                    or now - self._first_result_at >= FLUSH_SECONDS
+                )
+                if claim or flush:
+                    self._claim_now = False
+                    if claim:
+                        next_claim = now + self.poll_seconds
+                    await self._db_cycle(claim)
+                self._launch()
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     await asyncio.to_thread(self._purge)
+                timeout = next_claim - time.monotonic()
+                if self._results:
+                    timeout = min(timeout, self._first_result_at + FLUSH_SECONDS - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.poll_seconds)
-            if tasks:
-                await asyncio.wait(tasks, timeout=min(self.timeout, self._grace))
-                for task in tasks:
+                    await asyncio.wait_for(wake.wait(), max(0.0, timeout))
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=min(self.timeout, self._grace))
+                for task in self._tasks:
                     task.cancel()
                 await asyncio.sleep(0)  # let the done callbacks collect the outcomes
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._cycle, list(results), None)
+                await asyncio.to_thread(self._cycle, self._take_results(), None)
+        finally:
+            self._loop = None
+            await self.transport.aclose()
+
+    def _runs_short(self) -> bool:
+        return any(len(self._queued[d]) < self.concurrency for d in self._more_in_db)
+
+    def _take_results(self) -> list[store.Result]:
+        done, self._results = self._results, []
+        return done
+
+    async def _db_cycle(self, claim: bool) -> None:
+        done = self._take_results()
+        # Claim for a destination only what it lacks of `prefetch`, and only when short.
+        wants: dict[int, int] | None = None
+        if claim:
+            wants = {
+                d: self.prefetch - self._in_flight[d] - len(self._queued[d])
+                if len(self._queued[d]) < self.concurrency
+                else 0
+                for d in set(self._in_flight) | set(self._queued)
+            }
+        try:
+            claimed, active = await asyncio.to_thread(self._cycle, done, wants)
+        except Exception as exc:
+            # Database away: keep the outcomes for the next cycle; the rows stay claimed until
+            # their lease ends, so nothing is lost either way.
+            self._results[:0] = done
+            if self._results:
+                self._first_result_at = time.monotonic()
+            self.stats.cycle_errors += 1
+            log.error("forwarding: database error: %s", getattr(exc, "orig", exc))
+            return
+        if wants is None:
+            return
+        for destination_id in set(self._queued) - active:
+            self._queued[destination_id].clear()  # paused or removed meanwhile
+        self._more_in_db.clear()
+        for url, deliveries, lease_until, full in claimed:
+            if deliveries:
+                destination_id = deliveries[0].destination_id
+                self._queued[destination_id].extend(_Work(url, d, lease_until) for d in deliveries)
+                if full:
+                    self._more_in_db.add(destination_id)
+
+    def _launch(self) -> None:
+        assert self.transport is not None
+        released = False
+        for destination_id, waiting in self._queued.items():
+            while waiting and self._in_flight[destination_id] < self.concurrency:
+                work = waiting.popleft()
+                if self.clock() + self.timeout + 1 > work.lease_until:
+                    # Its lease would end mid-attempt (a slow destination): hand it back, due
+                    # now, for a new claim with a new lease.
+                    self._add_result(store.Result(work.delivery.id, destination_id, False, None))
+                    released = True
+                    continue
+                self._in_flight[destination_id] += 1
+                task = asyncio.create_task(self._attempt(self.transport, work))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._finished)
+        if released and self._wake is not None:
+            self._more_in_db.update(d for d, q in self._queued.items() if not q)
+            self._wake.set()
+
+    def _add_result(self, result: store.Result) -> None:
+        if not self._results:
+            self._first_result_at = time.monotonic()
+            if self._wake is not None:
+                self._wake.set()  # the loop sets its flush deadline
+        self._results.append(result)
+        if len(self._results) >= FLUSH_COUNT and self._wake is not None:
+            self._wake.set()
+
+    def _finished(self, task: asyncio.Task[store.Result]) -> None:
+        if task.cancelled():
+            return  # stopping: the lease brings it back
+        result = task.result()
+        destination_id = result.destination_id
+        self._add_result(result)
+        self._in_flight[destination_id] -= 1
+        if result.delivered:
+            self._failing.discard(destination_id)
+        else:
+            # Failing: hand back what waits behind it, due now, rather than post it at once to
+            # a destination that most likely fails again (or hold it until its lease ends: a
+            # blip must not delay those bodies by a lease). The next regular claim (not one
+            # per failure: a destination that is down would cost a transaction per attempt)
+            # takes them, each then delivered or failing into its own backoff; new bodies wait
+            # in the database, due, until an attempt works again.
+            self._failing.add(destination_id)
+            waiting = self._queued[destination_id]
+            while waiting:
+                work = waiting.popleft()
+                self._add_result(store.Result(work.delivery.id, destination_id, False, None))
+            self._more_in_db.discard(destination_id)
+        self._launch()
+        if self._wake is not None and self._runs_short():
+            self._wake.set()
 
     def _cycle(
         self, done: list[store.Result], wants: dict[int, int] | None
-    ) -> tuple[list[tuple[_Active, list[store.Claimed], int]], set[int]]:
-        """One transaction: record `done`, then claim what is due: up to `wants[id]` for a
-        destination this worker has deliveries of, `prefetch` for the others (nothing when
-        `wants` is None: stopping). Returns the claims and the ids of the active destinations."""
+    ) -> tuple[list[tuple[str, list[store.Claimed], int, bool]], set[int]]:
+        """One transaction: record `done`, then (unless `wants` is None) claim what is due: up
+        to `wants[id]` for a destination this worker has deliveries of, `prefetch` for the
+        others. Returns the claims (URL, deliveries, lease end, whether the claim was full:
+        more may be due) and the ids of the active destinations."""
         now = int(self.clock())
         lease_until = now + self.lease_seconds
-        claimed: list[tuple[_Active, list[store.Claimed], int]] = []
+        claimed: list[tuple[str, list[store.Claimed], int, bool]] = []
         active: set[int] = set()
         with self.db.write() as conn:
             store.record_results(conn, done, now)
@@ -316,7 +420,7 @@ class Forwarder:
                     conn, d.id, limit, now=now, lease_until=lease_until, sealer=self.sealer
                 )
                 if found:
-                    claimed.append((_Active(d.id, d.url), found, lease_until))
+                    claimed.append((d.url, found, lease_until, len(found) >= limit))
         return claimed, active
 
     def _purge(self) -> None:
@@ -330,38 +434,32 @@ class Forwarder:
 
     # --- one attempt --------------------------------------------------------------------------
 
-    async def _attempt(
-        self, client: httpx.AsyncClient, destination: _Active, delivery: store.Claimed
-    ) -> store.Result:
+    async def _attempt(self, transport: Transport, work: _Work) -> store.Result:
+        delivery = work.delivery
+        destination_id = delivery.destination_id
         self.stats.attempts += 1
         if delivery.body is None:
             # Cannot happen while the inbox purge keeps bodies with pending deliveries; if it
             # does (a body deleted by hand), say so and stop retrying.
             return store.Result(
-                delivery.id, destination.id, False, None, "the raw body is no longer stored"
+                delivery.id, destination_id, False, None, "the raw body is no longer stored"
             )
         retry_after: float | None = None
         try:
-            # One deadline for the whole attempt: httpx's own timeouts are per phase.
-            async with (
-                asyncio.timeout(self.timeout),
-                client.stream(
-                    "POST", destination.url, content=delivery.body, headers=delivery.headers
-                ) as response,
-            ):
-                await _read_some(response)
-            status = response.status_code
-            if 200 <= status < 300:
+            # One deadline for the whole attempt, connecting included.
+            async with asyncio.timeout(self.timeout):
+                answer = await transport.post(work.url, delivery.body, delivery.headers)
+            if 200 <= answer.status < 300:
                 self.stats.delivered += 1
-                return store.Result(delivery.id, destination.id, True)
-            error = f"HTTP {status}"
-            if 300 <= status < 400:
+                return store.Result(delivery.id, destination_id, True)
+            error = f"HTTP {answer.status}"
+            if 300 <= answer.status < 400:
                 error += " (a redirect: not followed; set the final URL)"
-            retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock())
+            retry_after = parse_retry_after(answer.retry_after, self.clock())
         except TimeoutError:
             error = f"no answer within {self.timeout:g} s"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except TransportError as exc:
+            error = str(exc)
         except Exception as exc:  # never let one delivery stop the worker
             log.exception("forwarding: unexpected error posting delivery %d", delivery.id)
             error = f"internal error: {type(exc).__name__}"
@@ -377,17 +475,8 @@ class Forwarder:
             log.warning(
                 "forwarding: delivery %d to %s is a dead letter after %d attempts: %s",
                 delivery.id,
-                display_url(destination.url),
+                display_url(work.url),
                 delivery.attempts + 1,
                 error,
             )
-        return store.Result(delivery.id, destination.id, False, next_at, error)
-
-
-async def _read_some(response: httpx.Response) -> None:
-    """Read (and drop) the answer, so the connection can be reused; stop at a limit."""
-    total = 0
-    async for chunk in response.aiter_raw():
-        total += len(chunk)
-        if total > MAX_RESPONSE_BYTES:
-            break
+        return store.Result(delivery.id, destination_id, False, next_at, error)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from wastats.forward.match import AcceptedBody, ForwardQueue, Headers
+from wastats.forward.match import AcceptedBody, ForwardQueue, Headers, Queued
 from wastats.ingest import partitions
 from wastats.ingest.pipeline import BatchReport, Pipeline
 from wastats.sealing import BodySealer
@@ -212,7 +212,8 @@ class IngestService:
                     self.sealer,
                 )
                 # --- forwarding (issue 15): the deliveries of the new bodies commit with them,
-                # so an acknowledged body is never skipped (wastats.forward.match).
+                # so an acknowledged body is never skipped; once committed, they are posted
+                # from memory (wastats.forward.match).
                 forwarded = self._enqueue_forwarding(conn, unique, new_ids, now)
         except Exception as exc:
             self.stats.store_errors += len(batch)
@@ -228,13 +229,13 @@ class IngestService:
             self._committed.put(sorted(new_ids.values()))
         _resolve(batch, None)
         if forwarded and self.forward is not None:
-            self.forward.committed()
+            self.forward.committed(forwarded)
 
     def _enqueue_forwarding(
         self, conn: Connection, unique: dict[str, _Pending], new_ids: dict[str, int], now: int
-    ) -> int:
+    ) -> Queued:
         if self.forward is None or not new_ids:
-            return 0
+            return Queued()
         accepted = [
             AcceptedBody(inbox_id, unique[sha].raw, unique[sha].headers)
             for sha, inbox_id in new_ids.items()

@@ -65,6 +65,8 @@ class Target:
     scope_value: str
     phone_number_id: str | None
     """For a number scope: the registered number's phone-number id, if it is registered."""
+    url: str = ""
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,16 @@ class NewDelivery:
     inbox_id: int
     destination_id: int
     headers: Sequence[tuple[str, str]]
+    leased_until: int | None = None
+    """Claimed already, until then, by the process that queues it (it delivers the body from
+    memory right after the commit); None: due now, for any process to claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    id: int
+    inbox_id: int
+    destination_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +224,14 @@ def targets(conn: Connection) -> list[Target]:
     """Every destination, paused ones included (a paused destination keeps its queue and gets
     it on resume), with a number scope resolved to the number's phone-number id."""
     rows = conn.execute(
-        select(_d.c.id, _d.c.scope, _d.c.scope_value, business_numbers.c.phone_number_id)
+        select(
+            _d.c.id,
+            _d.c.scope,
+            _d.c.scope_value,
+            business_numbers.c.phone_number_id,
+            _d.c.url,
+            _d.c.paused,
+        )
         .select_from(
             _d.outerjoin(
                 business_numbers,
@@ -221,19 +240,23 @@ def targets(conn: Connection) -> list[Target]:
         )
         .order_by(_d.c.id)
     )
-    return [Target(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    return [Target(int(r[0]), r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
 
 
 # --- deliveries -------------------------------------------------------------------------------
 
 
-def enqueue(conn: Connection, deliveries: Sequence[NewDelivery], now: int) -> int:
-    """Add deliveries, due now (a pair already queued is skipped); returns how many were
-    given (drivers do not all report the rows an executemany inserted)."""
+def enqueue(conn: Connection, deliveries: Sequence[NewDelivery], now: int) -> list[Queued]:
+    """Add deliveries, due now or leased to the caller (a pair already queued is skipped);
+    returns the rows inserted (one multi-row INSERT ... RETURNING per batch)."""
     if not deliveries:
-        return 0
-    stmt = insert_for(conn, _q).on_conflict_do_nothing()
-    conn.execute(
+        return []
+    stmt = (
+        insert_for(conn, _q)
+        .on_conflict_do_nothing()
+        .returning(_q.c.id, _q.c.inbox_id, _q.c.destination_id)
+    )
+    rows = conn.execute(
         stmt,
         [
             {
@@ -243,12 +266,12 @@ def enqueue(conn: Connection, deliveries: Sequence[NewDelivery], now: int) -> in
                 "state": PENDING,
                 "created_at": now,
                 "attempts": 0,
-                "next_attempt_at": now,
+                "next_attempt_at": now if d.leased_until is None else d.leased_until,
             }
             for d in deliveries
         ],
-    )
-    return len(deliveries)
+    ).all()
+    return [Queued(int(r[0]), int(r[1]), int(r[2])) for r in rows]
 
 
 def bodies(conn: Connection, inbox_ids: Sequence[int], sealer: BodySealer) -> dict[int, bytes]:
