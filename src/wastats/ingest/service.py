@@ -292,9 +292,11 @@ class IngestService:
         while not self._stopping.is_set():
             try:
                 with self.db.read() as conn:
+                    # Not the rows another process is counting (PostgreSQL): it has them.
                     ids = inbox_repo.pending_ids(
-                        conn, self.max_batch, received_before=int(self.clock()) - older_than + 1
-                    )
+                        conn, self.max_batch, received_before=int(self.clock()) - older_than + 1,
+                        skip_claimed=True,
+                    )  # fmt: skip
             except Exception as exc:
                 log.error("inbox sweep failed: %s", exc)
                 return
