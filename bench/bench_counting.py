@@ -8,6 +8,13 @@ pending rows in a live service) until nothing is pending. Each run starts on a f
     .venv/bin/python bench/bench_counting.py --statuses 200000 --numbers 24 --processes 1 2
     .venv/bin/python bench/bench_counting.py --cores 0 ...   # pin the counting processes
     .venv/bin/python bench/bench_counting.py --partitions 1 ...   # one global lock, as before
+    .venv/bin/python bench/bench_counting.py --mode own ...   # each process its own batches
+    .venv/bin/python bench/bench_counting.py --citus ...   # coordinator + 2 workers
+
+`--mode sweep` (the default): every process sweeps the same pending rows, as processes
+restarted on a backlog do. `--mode own`: the rows are dealt out to the processes first (process
+i gets every n-th body) and each counts its own in batches of 1,000, as live workers count what
+they accepted themselves: every batch of every process spans all the numbers.
 
 Prints JSON: per run, the seconds from the start of the processes to the last body counted,
 status updates counted per second, the CPU seconds spent per 1,000 status updates by the counting
@@ -39,12 +46,13 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import psycopg  # noqa: E402
 
 from generate import bodies, phone_number_id  # noqa: E402
-from pgcluster import PostgresCluster  # noqa: E402
+from pgcluster import CitusCluster, PostgresCluster  # noqa: E402
 from wastats.domain import accounts, numbers  # noqa: E402
 from wastats.ingest.identity import CustomerHasher  # noqa: E402
 from wastats.ingest.pipeline import Pipeline  # noqa: E402
 from wastats.ingest.service import IngestService  # noqa: E402
 from wastats.sealing import BodySealer  # noqa: E402
+from wastats.store import citus  # noqa: E402
 from wastats.store import inbox as inbox_repo  # noqa: E402
 from wastats.store import locks as locks_repo  # noqa: E402
 from wastats.store.db import Database  # noqa: E402
@@ -77,7 +85,9 @@ def prepare(url: str, raws: list[bytes], count: int) -> None:
         db.dispose()
 
 
-def count(url: str, cores: str | None, go: Any, partitions: int | None, cpu: Any) -> None:
+def count(
+    url: str, cores: str | None, go: Any, partitions: int | None, cpu: Any, own: list[int] | None
+) -> None:
     if partitions:
         # 1: every number in one partition, i.e. the single global lock counting had before.
         locks_repo.PARTITIONS = partitions
@@ -90,16 +100,29 @@ def count(url: str, cores: str | None, go: Any, partitions: int | None, cpu: Any
     cpu.put("ready")
     go.wait()
     before, started = os.times(), time.monotonic()
-    service.sweep(older_than=0)
+    if own is None:
+        service.sweep(older_than=0)
+    else:  # as the processor thread does with what this process's writer committed
+        for first in range(0, len(own), service.max_batch):
+            service._process_ids(own[first : first + service.max_batch])
     after, elapsed, finished = os.times(), time.monotonic() - started, time.time()
     db.dispose()
     seconds = after.user - before.user + after.system - before.system
     cpu.put((seconds, service.stats.statuses, elapsed, finished))
 
 
-def postgres_cpu(cluster: PostgresCluster) -> float:
-    """CPU seconds PostgreSQL has spent so far: the postmaster's own and its reaped children's
-    (backends that have exited), plus its live children's."""
+Server = PostgresCluster | CitusCluster
+
+
+def postgres_cpu(server: Server) -> float:
+    """CPU seconds PostgreSQL (every node of a Citus cluster) has spent so far."""
+    nodes = server.nodes if isinstance(server, CitusCluster) else [server]
+    return sum(_node_cpu(node) for node in nodes)
+
+
+def _node_cpu(cluster: PostgresCluster) -> float:
+    """The postmaster's own and its reaped children's (backends that have exited) CPU seconds,
+    plus its live children's."""
     tick = os.sysconf("SC_CLK_TCK")
     postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
 
@@ -133,21 +156,39 @@ def sample_waits(url: str, database: str, stop: Any, seen: Counter[str]) -> None
                 seen[f"{kind}:{event}" if kind else "running"] += 1
 
 
-def run(
-    cluster: PostgresCluster, raws: list[bytes], args: argparse.Namespace, n: int
-) -> dict[str, Any]:
-    name = f"bench_counting_{n}"
-    with psycopg.connect(cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = cluster.url(name)
+def run(server: Server, raws: list[bytes], args: argparse.Namespace, n: int) -> dict[str, Any]:
+    name = f"bench_counting_{args.mode}_{args.numbers}_{n}"
+    if isinstance(server, CitusCluster):
+        server.create_database(name)
+        upgrade(server.url(name))
+        db = Database(server.url(name))
+        try:
+            citus.distribute(db)  # as docs/deployment.md says, before any data
+        finally:
+            db.dispose()
+    else:
+        with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    url = server.url(name)
     prepare(url, raws, args.numbers)
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        ids = [i for (i,) in conn.execute("SELECT id FROM inbox ORDER BY id")]
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     cpu = context.Queue()
     processes = [
-        context.Process(target=count, args=(url, args.cores, go, args.partitions, cpu))
-        for _ in range(n)
+        context.Process(
+            target=count,
+            args=(
+                url,
+                args.cores,
+                go,
+                args.partitions,
+                cpu,
+                ids[i::n] if args.mode == "own" else None,
+            ),
+        )  # fmt: skip
+        for i in range(n)
     ]
     for process in processes:
         process.start()
@@ -157,7 +198,7 @@ def run(
     stop = threading.Event()
     sampler = threading.Thread(target=sample_waits, args=(url, name, stop, waits))
     sampler.start()
-    pg_before = postgres_cpu(cluster)
+    pg_before = postgres_cpu(server)
     started = time.time()
     go.set()
     shares = [cpu.get() for _ in processes]
@@ -169,7 +210,7 @@ def run(
     stop.set()
     sampler.join()
     time.sleep(0.2)  # the counting backends exit once their clients disconnect
-    pg_seconds = postgres_cpu(cluster) - pg_before
+    pg_seconds = postgres_cpu(server) - pg_before
     client_seconds = sum(seconds for seconds, _, _, _ in shares)
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
         row = conn.execute("SELECT count(*) FROM inbox WHERE state = 'pending'").fetchone()
@@ -190,11 +231,12 @@ def run(
     }
 
 
-def main() -> None:
+def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--statuses", type=int, default=200_000)
     parser.add_argument("--numbers", type=int, default=24)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--mode", choices=["sweep", "own"], default="sweep")
     parser.add_argument("--cores", default=None, help="CPU list for the counting processes")
     parser.add_argument(
         "--partitions",
@@ -208,29 +250,44 @@ def main() -> None:
         help="fsync and synchronous commit on, as in production (the default cluster, like the "
         "test suite's, skips them): commit latency then counts",
     )
-    args = parser.parse_args()
+    parser.add_argument("--citus", action="store_true", help="a coordinator and 2 workers")
+    return parser.parse_args(argv)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
     raws = [
         json.dumps(b, separators=(",", ":")).encode()
         for b in bodies(args.statuses, numbers=args.numbers)
     ]
-    cluster = PostgresCluster()
+    server: Server = CitusCluster() if args.citus else PostgresCluster()
     if args.durable:
         # Later options win over the cluster's own `fsync=off ...`.
-        cluster.extra_options = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
-    cluster.start()
-    results: dict[str, Any] = {"statuses": args.statuses, "numbers": args.numbers}
+        for node in server.nodes if isinstance(server, CitusCluster) else [server]:
+            node.extra_options += " -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+    server.start()
+    results: dict[str, Any] = {"statuses": args.statuses, "numbers": args.numbers,
+                               "mode": args.mode, "citus": args.citus}  # fmt: skip
     try:
         for n in args.processes:
-            results[f"{n}_processes"] = run(cluster, raws, args, n)
+            results[f"{n}_processes"] = run(server, raws, args, n)
             print(json.dumps(results), flush=True)
     finally:
-        cluster.destroy()
-    first = results[f"{args.processes[0]}_processes"]["statuses_per_s"]
+        server.destroy()
+    first = results[f"{args.processes[0]}_processes"]
     for n in args.processes[1:]:
+        other = results[f"{n}_processes"]
         results[f"{n}_vs_{args.processes[0]}"] = round(
-            results[f"{n}_processes"]["statuses_per_s"] / first, 2
+            other["statuses_per_s"] / first["statuses_per_s"], 2
         )
-    print(json.dumps(results))
+        # What n processes could reach if nothing serialised them and each had a core (with
+        # PostgreSQL's share): n times the work of one, at the CPU cost per update measured.
+        cost = {k: sum(r["cpu_ms_per_1000"].values()) for k, r in (("1", first), ("n", other))}
+        results[f"{n}_vs_{args.processes[0]}_cpu_ceiling"] = round(n * cost["1"] / cost["n"], 2)
+    return results
+
+
+def main() -> None:
+    print(json.dumps(bench(options())))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
           and 24 months at 1M and 10M counted units, against a bare GET, and the naive SQL.
   isolation  webhook acknowledgement p50/p99 idle and while four clients loop on the heaviest
           statistics questions (200 numbers, a year of units); bench_isolation.py.
+  counting  PostgreSQL counting, 1 against 2 processes, over 24 numbers (each process its own
+          batches, and all sweeping one backlog) and 1 number (the control); CPU per 1,000
+          updates, what the backends waited for; a Citus pair if Citus is installed
+          (bench_counting.py).
 """
 
 from __future__ import annotations
@@ -201,10 +205,37 @@ def run_isolation(work: Path, quick: bool) -> dict[str, Any]:
     return bench(work, 200_000 if quick else 1_000_000, 5 if quick else 15)
 
 
+def run_counting(quick: bool) -> dict[str, Any]:
+    """Counting on PostgreSQL, 1 against 2 processes (bench_counting.py): every process its own
+    batches (as live workers) and all sweeping one backlog, over 24 numbers; one number (a
+    single partition: no speed-up possible, the control); a Citus cluster if installed."""
+    from bench_counting import bench, options
+    from pgcluster import CitusCluster, PostgresUnavailable
+
+    size = ["--statuses", "50000" if quick else "200000"]
+    runs = {
+        "own_24_numbers": ["--mode", "own", "--numbers", "24"],
+        "sweep_24_numbers": ["--mode", "sweep", "--numbers", "24"],
+        "sweep_1_number": ["--mode", "sweep", "--numbers", "1"],
+    }
+    try:
+        CitusCluster()
+        runs["citus_own_24_numbers"] = ["--citus", "--mode", "own", "--numbers", "24"]
+    except PostgresUnavailable as exc:
+        print(f"counting: no Citus pair ({exc})", flush=True)
+    results: dict[str, Any] = {}
+    for name, argv in runs.items():
+        print(f"counting: {name} ...", flush=True)
+        results[name] = bench(options([*size, *argv]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
     parser.add_argument(
-        "--only", choices=["import", "http", "forward", "stats", "isolation"], default=None
+        "--only",
+        choices=["import", "http", "forward", "stats", "isolation", "counting"],
+        default=None,
     )
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
@@ -239,6 +270,10 @@ def main() -> None:
             print("isolation: webhooks while heavy statistics run ...", flush=True)
             results["isolation"] = run_isolation(work, args.quick)
             print(json.dumps(results["isolation"], indent=2), flush=True)
+        if args.only in (None, "counting"):
+            print("counting: 1 against 2 processes on PostgreSQL ...", flush=True)
+            results["counting"] = run_counting(args.quick)
+            print(json.dumps(results["counting"], indent=2), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

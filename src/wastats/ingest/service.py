@@ -355,7 +355,8 @@ class IngestService:
         return progressed
 
     def _process(self, ids: list[int]) -> BatchReport:
-        # On PostgreSQL, one transaction per partition of numbers, so processes count at once.
+        # On PostgreSQL, a few transactions that each claim free partitions of numbers,
+        # so processes count at once (ingest.partitions).
         return partitions.count_bodies(
             self.db, self.pipeline, self.sealer, ids, int(self.clock()),
             keep_bodies=self.retention_days != 0,
