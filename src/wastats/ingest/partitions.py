@@ -14,9 +14,10 @@ LOCKED`): the batch's bodies are read, once, in a short transaction that skips t
 transaction holds (that process is counting them); each counting transaction then claims its
 rows again, under its partitions' locks, and counts only those still pending and unclaimed. A
 body is thus counted by exactly one transaction (counting it twice would still be exact, facts
-merge by set union, only wasted). A partition put off is counted last: if another transaction
-holds all its remaining rows there is nothing left to do; otherwise (that process counts other
-rows of the partition) its lock is waited for.
+merge by set union, only wasted). The partitions put off are tried again, round after round,
+while rounds make progress; when none does, a partition whose remaining rows another
+transaction holds is dropped (nothing left to do), otherwise (that process counts other rows of
+the partition) its lock is waited for.
 
 What was found to serialise two processes, and what this does about it (docs/benchmarks.md,
 "Counting in parallel"): one transaction per partition (16 per batch, each with the fixed cost
@@ -105,15 +106,30 @@ def count_bodies(
                 else:
                     deferred.append(partitions)  # another process is counting it: later
             report.add(_count_group(conn, pipeline, sealer, claimed, now, keep_bodies, bodies))
-    for partitions in deferred:
-        with db.write() as conn:
-            # Rows the other process holds are its to count: wait only for what is left.
-            left = inbox_repo.unclaimed_pending(conn, groups[partitions])
-        if not left:
+    while deferred:
+        # Another round of tries: partitions come free as the other processes commit.
+        busy: list[tuple[int, ...]] = []
+        for partitions in deferred:
+            with db.write() as conn:
+                if locks_repo.try_partition_locks(conn, partitions):
+                    report.add(
+                        _count_group(conn, pipeline, sealer, groups[partitions], now,
+                                     keep_bodies, bodies)
+                    )  # fmt: skip
+                    continue
+            busy.append(partitions)
+        if len(busy) < len(deferred):
+            deferred = busy
             continue
+        # All still busy. Rows another process holds are its to count: wait for a partition
+        # only if some of its rows are left to this one.
+        partitions, deferred = busy[0], busy[1:]
         with db.write() as conn:
-            locks_repo.hold_partition_locks(conn, partitions)
-            report.add(_count_group(conn, pipeline, sealer, left, now, keep_bodies, bodies))
+            left = inbox_repo.unclaimed_pending(conn, groups[partitions])
+        if left:
+            with db.write() as conn:
+                locks_repo.hold_partition_locks(conn, partitions)
+                report.add(_count_group(conn, pipeline, sealer, left, now, keep_bodies, bodies))
     return report
 
 
