@@ -23,6 +23,10 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
           from the fake Graph API into SQLite: wall time, rows/s, peak memory of the syncing
           process (bench_meta_sync.py, run as its own process so earlier benchmarks' memory
           does not count).
+  counting  PostgreSQL counting, 1 against 2 processes, over 24 numbers (each process its own
+          batches, and all sweeping one backlog) and 1 number (the control); CPU per 1,000
+          updates, what the backends waited for; a Citus pair if Citus is installed
+          (bench_counting.py).
 """
 
 from __future__ import annotations
@@ -213,11 +217,36 @@ def run_meta(quick: bool) -> dict[str, Any]:
     return result
 
 
+def run_counting(quick: bool) -> dict[str, Any]:
+    """Counting on PostgreSQL, 1 against 2 processes (bench_counting.py): every process its own
+    batches (as live workers) and all sweeping one backlog, over 24 numbers; one number (a
+    single partition: no speed-up possible, the control); a Citus cluster if installed."""
+    from bench_counting import bench, options
+    from pgcluster import CitusCluster, PostgresUnavailable
+
+    size = ["--statuses", "50000" if quick else "200000"]
+    runs = {
+        "own_24_numbers": ["--mode", "own", "--numbers", "24"],
+        "sweep_24_numbers": ["--mode", "sweep", "--numbers", "24"],
+        "sweep_1_number": ["--mode", "sweep", "--numbers", "1"],
+    }
+    try:
+        CitusCluster()
+        runs["citus_own_24_numbers"] = ["--citus", "--mode", "own", "--numbers", "24"]
+    except PostgresUnavailable as exc:
+        print(f"counting: no Citus pair ({exc})", flush=True)
+    results: dict[str, Any] = {}
+    for name, argv in runs.items():
+        print(f"counting: {name} ...", flush=True)
+        results[name] = bench(options([*size, *argv]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="wastats benchmarks")
     parser.add_argument(
         "--only",
-        choices=["import", "http", "forward", "stats", "isolation", "meta"],
+        choices=["import", "http", "forward", "stats", "isolation", "meta", "counting"],
         default=None,
     )
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
@@ -257,6 +286,10 @@ def main() -> None:
             print("meta: first sync of Meta's record from the fake Graph API ...", flush=True)
             results["meta"] = run_meta(args.quick)
             print(json.dumps(results["meta"], indent=2), flush=True)
+        if args.only in (None, "counting"):
+            print("counting: 1 against 2 processes on PostgreSQL ...", flush=True)
+            results["counting"] = run_counting(args.quick)
+            print(json.dumps(results["counting"], indent=2), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -252,9 +252,11 @@ class Pipeline:
             for inbox_id, (state, reason, events) in zip(inbox_ids, prepared.outcomes, strict=True)
         ]
         report.rejected_ids = [o.id for o in outcomes if o.state == inbox_repo.REJECTED]
-        report.units_changed = self.apply(conn, per_number)
         activity_repo.record(conn, {n: b.newest for n, b in per_number.items() if b.newest}, now)
         inbox_repo.record_outcomes(conn, outcomes, now)
+        # Last: the account rollups (step 5's end) are the only rows batches of different
+        # partitions share; written last, their row locks are held only until the commit.
+        report.units_changed = self.apply(conn, per_number)
         return report
 
     def apply(self, conn: Connection, per_number: dict[str, NumberBatch]) -> int:

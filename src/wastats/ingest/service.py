@@ -293,9 +293,11 @@ class IngestService:
         while not self._stopping.is_set():
             try:
                 with self.db.read() as conn:
+                    # Not the rows another process is counting (PostgreSQL): it has them.
                     ids = inbox_repo.pending_ids(
-                        conn, self.max_batch, received_before=int(self.clock()) - older_than + 1
-                    )
+                        conn, self.max_batch, received_before=int(self.clock()) - older_than + 1,
+                        skip_claimed=True,
+                    )  # fmt: skip
             except Exception as exc:
                 log.error("inbox sweep failed: %s", exc)
                 return
@@ -354,7 +356,8 @@ class IngestService:
         return progressed
 
     def _process(self, ids: list[int]) -> BatchReport:
-        # On PostgreSQL, one transaction per partition of numbers, so processes count at once.
+        # On PostgreSQL, a few transactions that each claim free partitions of numbers,
+        # so processes count at once (ingest.partitions).
         return partitions.count_bodies(
             self.db, self.pipeline, self.sealer, ids, int(self.clock()),
             keep_bodies=self.retention_days != 0,

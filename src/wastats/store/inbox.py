@@ -130,11 +130,47 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[_SealedBody]) -> di
     return inserted
 
 
-def pending_ids(conn: Connection, limit: int, *, received_before: int | None = None) -> list[int]:
+def pending_ids(
+    conn: Connection,
+    limit: int,
+    *,
+    received_before: int | None = None,
+    skip_claimed: bool = False,
+) -> list[int]:
+    """The first pending rows, by id. `skip_claimed` (PostgreSQL): leave out rows another
+    transaction holds (`claim_pending`): another process is counting them."""
     query = select(inbox.c.id).where(inbox.c.state == PENDING).order_by(inbox.c.id).limit(limit)
     if received_before is not None:
         query = query.where(inbox.c.received_at < received_before)
+    if skip_claimed and conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
     return [int(i) for i in conn.execute(query).scalars()]
+
+
+def claim_pending(conn: Connection, ids: Sequence[int]) -> list[int]:
+    """Those of `ids` still pending (with their body), now held by this transaction until it
+    ends; ascending. On PostgreSQL a row another transaction holds is skipped, never waited for
+    (`FOR UPDATE SKIP LOCKED`): that transaction is counting it, or has loaded it to count it.
+    So two processes handed the same rows never count one twice, nor queue behind each other.
+    SQLite has one writer at a time: a plain read."""
+    claimed: list[int] = []
+    for part in chunks(sorted(ids)):
+        query = (
+            select(inbox.c.id)
+            .where(inbox.c.id.in_(part), inbox.c.state == PENDING, inbox.c.body.is_not(None))
+            .order_by(inbox.c.id)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        claimed.extend(int(i) for i in conn.execute(query).scalars())
+    return claimed
+
+
+def unclaimed_pending(conn: Connection, ids: Sequence[int]) -> list[int]:
+    """Those of `ids` still pending that no other transaction holds: what is left for the
+    caller to count. `claim_pending` in a transaction the caller ends at once, before waiting
+    for anything (the rows are then free again)."""
+    return claim_pending(conn, ids)
 
 
 def load_bodies(
@@ -143,9 +179,11 @@ def load_bodies(
     sealer: BodySealer,
     *,
     states: Sequence[str] = (PENDING,),
+    lock: bool = False,
 ) -> list[tuple[int, bytes]]:
     """(id, body), opened, of the given rows that are in one of `states` and still have their
-    body.
+    body. With `lock` (PostgreSQL), only the rows no other transaction holds, now held by this
+    one until it ends (`claim_pending`).
 
     A body no configured key opens (its key was dropped from WASTATS_BODY_KEYS, or the row was
     tampered with) is left out; a pending one is marked rejected with the reason, so that it is
@@ -154,11 +192,14 @@ def load_bodies(
     loaded: list[tuple[int, bytes]] = []
     unreadable: list[Outcome] = []
     for part in chunks(sorted(ids)):
-        rows = conn.execute(
+        query = (
             select(inbox.c.id, inbox.c.body, inbox.c.body_key, inbox.c.body_sha256, inbox.c.state)
             .where(inbox.c.id.in_(part), inbox.c.state.in_(states), inbox.c.body.is_not(None))
             .order_by(inbox.c.id)
         )
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = conn.execute(query)
         for id_, body, key_id, sha, state in rows:
             try:
                 loaded.append((int(id_), sealer.open(bytes(body), key_id, sha)))

@@ -17,9 +17,11 @@ whichever transaction commits first, so they need no lock of their own.
 Numbers are hashed into `PARTITIONS` partitions (a stable hash: every process computes the same
 one) rather than locked one by one: a transaction takes at most `PARTITIONS` locks, always in
 ascending order (no two transactions can then wait for each other in a cycle), and the ingest
-service can split a batch into one transaction per partition and claim the partitions no other
-process holds (`try_partition_locks`), so N processes count N partitions at once
-(docs/benchmarks.md, "Counting in parallel").
+service can split a batch into a few transactions that each claim the partitions no other
+process holds (`try_partition_locks`), so N processes count different partitions at once
+(`ingest.partitions`; docs/benchmarks.md, "Counting in parallel"). A transaction waits for a
+lock only before it writes anything (the try-locks never wait), so a wait can never close a
+cycle with a row lock it holds.
 
 Advisory locks live on the server they are taken on: on Citus, every wastats process must
 connect to the coordinator (docs/deployment.md), where these locks are then shared by all.
