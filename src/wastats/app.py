@@ -33,7 +33,13 @@ from wastats.api.observability import (
 from wastats.api.problems import problem
 from wastats.api.webhooks import WEBHOOK_PATH, WebhookEndpoint, whatsapp_webhook
 from wastats.forward.service import Forwarding
-from wastats.ingest.identity import CustomerHasher, load_body_sealer, load_secret_key
+from wastats.ingest.counter import CounterConfig, CounterProcess
+from wastats.ingest.identity import (
+    CustomerHasher,
+    body_secrets,
+    load_body_sealer,
+    load_secret_key,
+)
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
@@ -81,13 +87,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     db = Database(settings.database_url)
     sealer = load_body_sealer(settings)  # raw bodies are sealed at rest (docs/security.md)
     forwarding = Forwarding(db, settings, sealer, clock=clock)  # docs/forwarding.md
+    hash_key = load_secret_key(settings)
     ingest = IngestService(
         db,
-        Pipeline(CustomerHasher(load_secret_key(settings))),
+        Pipeline(CustomerHasher(hash_key)),
         sealer,
         clock=clock,
         retention_days=settings.raw_retention_days,
         forward=forwarding.queue,
+        counter=_counter(settings, hash_key, clock),
     )
     ctx = AppContext(settings=settings, db=db, clock=clock, ingest=ingest)
     ctx.extras[Forwarding.KEY] = forwarding
@@ -156,6 +164,25 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     proxied = ProxyHeadersMiddleware(cast(Any, endpoint), trusted_hosts=trusted)
     app.webhook = cast(ASGIApp, proxied)
     return app
+
+
+def _counter(
+    settings: Settings, hash_key: bytes, clock: Callable[[], float]
+) -> CounterProcess | None:
+    """The counting child (WASTATS_COUNTING=process), unless counting stays in a thread: by
+    setting, or because the app runs on an injected clock (tests), which a child reading the
+    real time could not follow."""
+    if settings.counting != "process" or clock is not time.time:
+        return None
+    config = CounterConfig(
+        database_url=settings.database_url,
+        hash_key=hash_key,
+        body_secrets=body_secrets(settings),
+        retention_days=settings.raw_retention_days,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    return CounterProcess(config)
 
 
 def create_app_from_environment() -> WastatsApp:
