@@ -272,6 +272,7 @@ class _Child:
         )
         self.buffer = b""
         self.closed = False
+        self.last_batch = float("-inf")
 
     def run(self) -> int:
         service = self.service
@@ -301,13 +302,18 @@ class _Child:
         return 0
 
     def _gather(self) -> list[tuple[int, list[int]]]:
-        """The batches handed in: waits up to the sweep interval for the first, then, when more
-        were already queued (load), gathers for the batch window (IngestService's reasons)."""
+        """The batches handed in: waits up to the sweep interval for the first, then, in a
+        stream (more already queued, or the previous batch came less than a second ago),
+        gathers for the batch window: every counting transaction has a fixed cost, and one per
+        commit of the writer cost more than the counting itself (measured: 270 us of CPU per
+        1-status body). Idle, it counts at once: counts are then visible within milliseconds."""
         batch = self._read(self.config.sweep_seconds)
         if not batch:
             return batch
-        busy = self._readable(0)
-        deadline = time.monotonic() + (self.config.batch_window if busy else 0.0)
+        now = time.monotonic()
+        busy = now - self.last_batch < 1.0 or self._readable(0)
+        self.last_batch = now
+        deadline = now + (self.config.batch_window if busy else 0.0)
         limit = self.config.max_batch * 4
         while sum(len(ids) for _, ids in batch) < limit and not self.closed:
             more = self._read(max(0.0, deadline - time.monotonic()))
