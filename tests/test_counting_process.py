@@ -216,3 +216,25 @@ def test_thread_mode_starts_no_child(database_url: str, tmp_path: Path, mode: st
         assert counter_pids(server.process.pid) == []
     finally:
         server.stop()
+
+
+def test_ctrl_c_to_the_whole_group_lets_the_child_finish_and_exit(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A terminal's Ctrl-C (or systemd's SIGTERM) reaches every process of the group at once.
+    deliveries = pack(generate_events(34, 200), 34)
+    tenant = register(database_url)
+    server = Server(database_url, tmp_path / "serve").start()
+    try:
+        child = the_counter(server)
+        send(server, deliveries)
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGINT)
+        server.process.wait(30)
+        wait_until(lambda: not alive(child), 30, "the counting child exits after its server")
+        assert "Traceback" not in server.logs(), server.logs()
+        server.start()  # whatever was left pending is counted by the next child
+        server.wait_no_pending()
+        assert_counts(server, tenant, deliveries)
+    finally:
+        server.stop()

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -221,6 +222,10 @@ def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C in a terminal, or a service manager signalling the whole group, reaches the child
+    # too: it finishes its batch and exits when its parent's socket closes, never mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     first = _readline(sock)
     if not first:
@@ -295,7 +300,7 @@ class _Child:
                 if service.purge_seconds and time.monotonic() - last_purge >= service.purge_seconds:
                     service.purge()
                     last_purge = time.monotonic()
-        except BrokenPipeError:
+        except ConnectionError:
             pass  # the parent is gone: what we counted is committed; nothing else to do
         finally:
             self.db.dispose()
