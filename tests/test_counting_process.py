@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
 from test_failures import assert_counts, inbox_rows, register
+from wastats.ingest.counter import CounterConfig
 from wastats.store.db import Database
 
 COUNTER = "wastats.ingest.counter"
@@ -208,9 +210,10 @@ def test_no_counting_child_outlives_a_stopped_server(database_url: str, tmp_path
         server.stop()
 
 
-@pytest.mark.parametrize("mode", ["thread"])
-def test_thread_mode_starts_no_child(database_url: str, tmp_path: Path, mode: str) -> None:
-    server = Server(database_url, tmp_path / "serve", env_extra={"WASTATS_COUNTING": mode}).start()
+def test_thread_mode_starts_no_child(database_url: str, tmp_path: Path) -> None:
+    server = Server(
+        database_url, tmp_path / "serve", env_extra={"WASTATS_COUNTING": "thread"}
+    ).start()
     try:
         assert server.process is not None
         assert counter_pids(server.process.pid) == []
@@ -238,3 +241,21 @@ def test_ctrl_c_to_the_whole_group_lets_the_child_finish_and_exit(
         assert_counts(server, tenant, deliveries)
     finally:
         server.stop()
+
+
+@given(
+    url=st.text(min_size=1, max_size=80),
+    key=st.binary(min_size=16, max_size=64),
+    secrets=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=3),
+    days=st.integers(min_value=0, max_value=3650),
+)
+def test_the_childs_configuration_survives_the_socket(
+    url: str, key: bytes, secrets: list[bytes], days: int
+) -> None:
+    # Keys are arbitrary bytes (newlines included): the one-line JSON must carry them intact.
+    config = CounterConfig(database_url=url, hash_key=key, body_secrets=secrets,
+                           retention_days=days, log_level="WARNING", log_format="text")  # fmt: skip
+    line = config.to_line()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert CounterConfig.from_line(line) == config
