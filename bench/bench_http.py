@@ -1,10 +1,13 @@
-"""HTTP webhook ingest: signed POSTs through the real server, against a bare endpoint.
+"""HTTP webhook ingest: signed POSTs through the real server, against two baselines.
 
 The server (uvicorn, one worker, pinned to core 0 when `taskset` exists) serves the wastats app
-with one extra route, `POST /bench/bare`, that only reads the body and answers 200 (bare_app.py).
-`wrk` (pinned to core 1) posts the same pre-signed, all-distinct bodies to both, 32 connections.
-Reported: requests/s, p50/p99 latency, the ratio webhook/bare, status updates per second accepted
-durably, and how long the processor then needed to count everything (drain).
+with two extra routes (bare_app.py): `POST /bench/raw`, a raw ASGI app with no framework (the
+stack's limit), and `POST /bench/bare`, a route through FastAPI and wastats' middleware; both only
+read the body and answer 200. `wrk` (pinned to core 1) posts the same kind of pre-signed,
+all-distinct bodies to all three, 32 connections. Reported: requests/s, p50/p99 latency, the
+ratios webhook/raw and webhook/bare, status updates per second accepted durably, and how long
+the server then needed to count everything (drain). With WASTATS_COUNTING=process (the default)
+the counting child inherits the server's pinning to core 0.
 """
 
 from __future__ import annotations
@@ -113,13 +116,14 @@ def bench(url: str, work: Path, *, per_body: int, seconds: int, workers: int = 1
     port = 18000 + per_body + workers
     expected_rps = 6000 if per_body == 1 else 600
     files = {}
-    for name, seed in (("bare", 1), ("webhook", 2), ("warmup", 3)):
+    for name, seed in (("raw", 4), ("bare", 1), ("webhook", 2), ("warmup", 3)):
         files[name] = work / f"{name}-{per_body}.tsv"
         write_bodies(files[name], int(expected_rps * (seconds + 2) * 1.5), per_body, seed)
     server = start_server(url, port, workers, work / f"server-{per_body}-{workers}.log")
     try:
         run_wrk(f"http://127.0.0.1:{port}/webhooks/whatsapp", files["warmup"], 2)
         drain_seconds(port)
+        raw = run_wrk(f"http://127.0.0.1:{port}/bench/raw", files["raw"], seconds)
         bare = run_wrk(f"http://127.0.0.1:{port}/bench/bare", files["bare"], seconds)
         hook = run_wrk(f"http://127.0.0.1:{port}/webhooks/whatsapp", files["webhook"], seconds)
         drain = drain_seconds(port)
@@ -129,8 +133,10 @@ def bench(url: str, work: Path, *, per_body: int, seconds: int, workers: int = 1
     return {
         "statuses_per_body": per_body,
         "workers": workers,
+        "raw": raw,
         "bare": bare,
         "webhook": hook,
+        "ratio_to_raw": round(hook["requests_per_second"] / raw["requests_per_second"], 3),
         "ratio_to_bare": round(hook["requests_per_second"] / bare["requests_per_second"], 3),
         "statuses_accepted_per_second": round(accepted),
         "drain_seconds_after_run": round(drain, 2),

@@ -11,7 +11,8 @@ and, as JSON, to bench/results/ (not committed); docs/benchmarks.md records a ru
   import  `wastats import` of generated history into SQLite (status updates per second, peak
           memory) against plain sqlite3 executemany of the same rows (the floor for storing).
   http    signed webhook POSTs (1 and 100 status updates each) through the real server against
-          a bare endpoint on the same stack; SQLite with one worker, PostgreSQL with two.
+          a raw ASGI app and a bare FastAPI route in the same server; SQLite with one worker,
+          PostgreSQL with two (`--no-postgres`: SQLite only); ends with issue 13's targets.
   forward the http webhook load with one local forwarding destination, against none: the
           webhook rate, and the delivery lag p50/p99 at full and at steady load
           (bench_forward.py)
@@ -163,7 +164,20 @@ def bench_import(statuses: int, workdir: Path) -> dict[str, Any]:
     return results
 
 
-def run_http(work: Path, quick: bool) -> dict[str, Any]:
+def http_targets(results: dict[str, Any]) -> str:
+    """Issue 13's three targets against this run, as one line."""
+    one, hundred = results["sqlite_1"], results["sqlite_100"]
+    drain = max(one["drain_seconds_after_run"], hundred["drain_seconds_after_run"])
+    checks = [
+        (f"1-status/raw {one['ratio_to_raw']:.3f} >= 0.2", one["ratio_to_raw"] >= 0.2),
+        (f"100-status {hundred['statuses_accepted_per_second']:,}/s >= 60,000",
+         hundred["statuses_accepted_per_second"] >= 60_000),
+        (f"drain {drain:.2f}s <= 2s", drain <= 2.0),
+    ]  # fmt: skip
+    return "targets (SQLite): " + "; ".join(f"{t} {'MET' if ok else 'MISSED'}" for t, ok in checks)
+
+
+def run_http(work: Path, quick: bool, postgres: bool = True) -> dict[str, Any]:
     from bench_http import bench
     from pgcluster import PostgresCluster
 
@@ -173,6 +187,9 @@ def run_http(work: Path, quick: bool) -> dict[str, Any]:
         db = work / f"http-{per_body}.db"
         results[f"sqlite_{per_body}"] = bench(f"sqlite:///{db}", work, per_body=per_body,
                                               seconds=seconds)  # fmt: skip
+    results["targets"] = http_targets(results)
+    if not postgres:
+        return results
     cluster = PostgresCluster()
     cluster.start()
     try:
@@ -251,6 +268,7 @@ def main() -> None:
     )
     parser.add_argument("--statuses", type=int, default=None, help="size of the import")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--no-postgres", action="store_true", help="http: SQLite only")
     args = parser.parse_args()
     statuses = args.statuses or (100_000 if args.quick else 1_000_000)
     results: dict[str, Any] = {
@@ -264,8 +282,9 @@ def main() -> None:
             print(json.dumps(results["import"], indent=2), flush=True)
         if args.only in (None, "http"):
             print("http: webhook POSTs against a bare endpoint ...", flush=True)
-            results["http"] = run_http(work, args.quick)
+            results["http"] = run_http(work, args.quick, postgres=not args.no_postgres)
             print(json.dumps(results["http"], indent=2), flush=True)
+            print(results["http"]["targets"], flush=True)
         if args.only in (None, "forward"):
             from bench_forward import bench as bench_forward
 

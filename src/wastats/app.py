@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from wastats import __version__
@@ -29,9 +31,15 @@ from wastats.api.observability import (
     request_id_of,
 )
 from wastats.api.problems import problem
-from wastats.api.webhooks import whatsapp_webhook
+from wastats.api.webhooks import WEBHOOK_PATH, WebhookEndpoint, whatsapp_webhook
 from wastats.forward.service import Forwarding
-from wastats.ingest.identity import CustomerHasher, load_body_sealer, load_secret_key
+from wastats.ingest.counter import CounterConfig, CounterProcess
+from wastats.ingest.identity import (
+    CustomerHasher,
+    body_secrets,
+    load_body_sealer,
+    load_secret_key,
+)
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
@@ -42,20 +50,52 @@ from wastats.store.migrate import check_schema_current
 
 log = logging.getLogger("wastats")
 
-WEBHOOK_PATH = "/webhooks/whatsapp"
+__all__ = ["WEBHOOK_PATH", "WastatsApp", "create_app", "create_app_from_environment"]
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> FastAPI:
+class WastatsApp(FastAPI):
+    """FastAPI, with `POST`/`GET /webhooks/whatsapp` dispatched before its routing and
+    middleware to a raw ASGI endpoint that does their duties itself (`api/webhooks.py`): the
+    framework's stack cost four times the webhook's own work (issue 13). Everything else, the
+    lifespan included, goes through FastAPI as usual."""
+
+    webhook: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.webhook is not None
+            and scope["type"] == "http"
+            and scope["method"] in ("POST", "GET")
+            and _route_path(scope) == WEBHOOK_PATH
+        ):
+            scope["app"] = self
+            await self.webhook(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    # As the router sees it: without the root path the app is mounted under.
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> WastatsApp:
     db = Database(settings.database_url)
     sealer = load_body_sealer(settings)  # raw bodies are sealed at rest (docs/security.md)
     forwarding = Forwarding(db, settings, sealer, clock=clock)  # docs/forwarding.md
+    hash_key = load_secret_key(settings)
     ingest = IngestService(
         db,
-        Pipeline(CustomerHasher(load_secret_key(settings))),
+        Pipeline(CustomerHasher(hash_key)),
         sealer,
         clock=clock,
         retention_days=settings.raw_retention_days,
         forward=forwarding.queue,
+        counter=_counter(settings, hash_key, clock),
     )
     ctx = AppContext(settings=settings, db=db, clock=clock, ingest=ingest)
     ctx.extras[Forwarding.KEY] = forwarding
@@ -81,7 +121,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await ctx.run(forwarding.stop)
             db.dispose()
 
-    app = FastAPI(
+    app = WastatsApp(
         title="wastats",
         version=__version__,
         summary="Statistics for WhatsApp Business numbers: Marketing, Service and Incoming "
@@ -114,14 +154,38 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     # Outside the body limit, so a refused 413 also gets a request id, a log line and metrics;
     # inside the proxy headers, so it logs the real client IP.
     install_observability(app, ctx)
-    app.add_middleware(
-        ProxyHeadersMiddleware,
-        trusted_hosts=[h.strip() for h in settings.forwarded_allow_ips.split(",") if h.strip()],
+    trusted = [h.strip() for h in settings.forwarded_allow_ips.split(",") if h.strip()]
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
+    # The fast path (class docstring); the route above still serves HEAD and answers 405.
+    endpoint = WebhookEndpoint(
+        ctx, limit=settings.max_webhook_body_bytes, timeout_seconds=settings.body_timeout_seconds
     )
+    # uvicorn's middleware is typed with its own ASGI types; Starlette's are the same protocol.
+    proxied = ProxyHeadersMiddleware(cast(Any, endpoint), trusted_hosts=trusted)
+    app.webhook = cast(ASGIApp, proxied)
     return app
 
 
-def create_app_from_environment() -> FastAPI:
+def _counter(
+    settings: Settings, hash_key: bytes, clock: Callable[[], float]
+) -> CounterProcess | None:
+    """The counting child (WASTATS_COUNTING=process), unless counting stays in a thread: by
+    setting, or because the app runs on an injected clock (tests), which a child reading the
+    real time could not follow."""
+    if settings.counting != "process" or clock is not time.time:
+        return None
+    config = CounterConfig(
+        database_url=settings.database_url,
+        hash_key=hash_key,
+        body_secrets=body_secrets(settings),
+        retention_days=settings.raw_retention_days,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    return CounterProcess(config)
+
+
+def create_app_from_environment() -> WastatsApp:
     """Entry point for `uvicorn --factory` (used by `wastats serve --workers N`)."""
     # uvicorn starts each worker as a fresh process: each configures its own logging.
     settings = load_settings()

@@ -13,12 +13,13 @@ logger, including code run in the thread pool, carries it without being passed a
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -74,7 +75,28 @@ def accept_request_id(incoming: str | None) -> str:
     else is replaced rather than sanitised, so what we log is always exactly what we answer."""
     if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+class _RequestIds:
+    """New request ids: 32 hex digits, a random prefix per process and a counter. Unique, not
+    secret (an id only correlates log lines), and about ten times cheaper than `uuid4`, which
+    asks the kernel for randomness on every request: a quarter of the webhook's own time."""
+
+    def __init__(self) -> None:
+        self.reset()
+        # A forked child must not repeat its parent's ids.
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
 
 
 @contextmanager

@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long `wastats serve` waits for requests in progress before "
         "closing their connections and exiting.",
     )
+    counting: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where each server process counts the webhooks it stored: `process`, a "
+        "child process of its own (off the event loop's GIL; restarted if it dies), or "
+        "`thread`, a thread of the server process.",
+    )
 
     # --- Meta's record (spec/meta-record.md, docs/meta-record.md) ---
     meta_access_token: SecretStr | None = Field(

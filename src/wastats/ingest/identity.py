@@ -143,9 +143,15 @@ def _read_or_create(path: Path) -> bytes:
 def load_body_sealer(settings: Settings) -> BodySealer:
     """The sealer of this deployment: `WASTATS_BODY_KEYS` (comma-separated, the first seals),
     else the customer-hashing secret (which then keys both, through different HKDF infos)."""
+    return BodySealer(body_secrets(settings))
+
+
+def body_secrets(settings: Settings) -> list[bytes]:
+    """The secrets `load_body_sealer` keys its sealer with, first the sealing one (the counting
+    child process builds the same sealer from them: `ingest/counter.py`)."""
     if settings.body_keys is not None:
         given = [k.strip() for k in settings.body_keys.get_secret_value().split(",")]
         secrets = [k.encode("utf-8") for k in given if k]
         if secrets:
-            return BodySealer(secrets)
-    return BodySealer([load_secret_key(settings)])
+            return secrets
+    return [load_secret_key(settings)]

@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 
 from wastats.forward.match import AcceptedBody, ForwardQueue, Headers, Queued
 from wastats.ingest import partitions
+from wastats.ingest.counter import CounterProcess
 from wastats.ingest.pipeline import BatchReport, Pipeline
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
@@ -89,6 +90,7 @@ class IngestService:
         batch_window: float = 0.1,
         purge_seconds: float = 3600.0,
         forward: ForwardQueue | None = None,
+        counter: CounterProcess | None = None,
     ) -> None:
         self.db = db
         self.pipeline = pipeline
@@ -100,6 +102,9 @@ class IngestService:
         self.retention_days = retention_days
         self.batch_window = batch_window
         self.forward = forward
+        self.counter = counter
+        """With a counter (WASTATS_COUNTING=process), counting runs in that child process
+        (`ingest/counter.py`) and the processor thread only hands it what the writer committed."""
         self.stats = IngestStats()
         self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
@@ -115,7 +120,11 @@ class IngestService:
         # (every deploy) must not keep bodies past their retention.
         self.purge()
         self._stopping.clear()
-        for name, target in (("inbox-writer", self._write_loop), ("processor", self._process_loop)):
+        processor = self._process_loop
+        if self.counter is not None:
+            self.counter.start(self._counted)
+            processor = self._hand_over_loop
+        for name, target in (("inbox-writer", self._write_loop), ("processor", processor)):
             thread = threading.Thread(target=target, name=f"wastats-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -128,9 +137,12 @@ class IngestService:
         self._committed.put(_STOP)
         self._threads[1].join(timeout=60)
         self._threads.clear()
+        if self.counter is not None:
+            self.counter.stop()
 
     @property
     def running(self) -> bool:
+        # A counting child being restarted is not "down": its ids wait for the next one.
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     # --- accepting --------------------------------------------------------------------------
@@ -242,6 +254,28 @@ class IngestService:
         ]
         return self.forward.enqueue(conn, accepted, now)
 
+    # --- counting in a child process (WASTATS_COUNTING=process) ------------------------------
+
+    def _hand_over_loop(self) -> None:
+        assert self.counter is not None
+        while True:
+            item = self._committed.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, list)
+            self.counter.submit(item)
+
+    def _counted(self, ids: int, child: dict[str, int]) -> None:
+        """The child counted `ids` of the ids handed to it; `child` are its counters."""
+        s = self.stats
+        s.processed_bodies += child.get("processed_bodies", 0)
+        s.rejected_bodies += child.get("rejected_bodies", 0)
+        s.statuses += child.get("statuses", 0)
+        s.inbound += child.get("inbound", 0)
+        s.process_errors += child.get("process_errors", 0)
+        s.newest_event = max(s.newest_event, child.get("newest_event", 0))
+        self._track(-ids)
+
     # --- the processor thread ---------------------------------------------------------------
 
     def _process_loop(self) -> None:
@@ -334,6 +368,10 @@ class IngestService:
         if sealed:
             log.info("sealed %d raw bodies stored in clear by an older wastats", sealed)
         return sealed
+
+    def count_ids(self, ids: list[int]) -> bool:
+        """Count these inbox rows now, in this thread (the counting child's entry point)."""
+        return self._process_ids(ids)
 
     def _process_ids(self, ids: list[int]) -> bool:
         """Process these inbox rows; returns False if nothing could be done (database down)."""

@@ -1,0 +1,261 @@
+"""Counting in a child process (`WASTATS_COUNTING=process`, ingest/counter.py), through real
+`wastats serve` processes: it counts what the thread counts, a killed child is restarted and
+loses nothing, a killed server loses nothing it acknowledged, and no child outlives its server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
+from test_failures import assert_counts, inbox_rows, register
+from wastats.ingest.counter import CounterConfig
+from wastats.store.db import Database
+
+COUNTER = "wastats.ingest.counter"
+
+
+def counter_pids(root: int) -> list[int]:
+    """Pids of the counting children among `root`'s descendants (read from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sorted(p for p in tree - {root} if COUNTER.encode() in commands.get(p, b""))
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    """Poll `condition()` (bounded) until true: waiting on other processes, never a guess."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def the_counter(server: Server) -> int:
+    assert server.process is not None
+    found: list[int] = []
+
+    def one() -> bool:
+        found[:] = counter_pids(server.process.pid)  # type: ignore[union-attr]
+        return len(found) == 1
+
+    wait_until(one, 30, f"one counting child of the server: {found}\n{server.logs()}")
+    return found[0]
+
+
+def counts(database_url: str) -> list[tuple[object, ...]]:
+    db = Database(database_url, pool_size=1)
+    try:
+        with db.read() as conn:
+            return [tuple(r) for r in conn.execute(text(
+                "SELECT * FROM monthly_counts ORDER BY 1, 2, 3, 4, 5, 6"))]  # fmt: skip
+    finally:
+        db.dispose()
+
+
+def copy_sqlite(template: Path, target: Path) -> str:
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
+
+
+def send(server: Server, deliveries: list[Delivery]) -> None:
+    codes = send_all([server.url], [d.raw for d in deliveries], threads=4)
+    assert codes == [200] * len(deliveries), server.logs()
+
+
+def test_process_counts_equal_thread_counts(sqlite_template: Path, tmp_path: Path) -> None:
+    deliveries = pack(generate_events(31, 400), 31)
+    results = {}
+    for mode in ("process", "thread"):
+        url = copy_sqlite(sqlite_template, tmp_path / f"{mode}.db")
+        tenant = register(url)
+        server = Server(url, tmp_path / mode, env_extra={"WASTATS_COUNTING": mode}).start()
+        try:
+            assert bool(counter_pids(server.process.pid)) == (mode == "process")  # type: ignore[union-attr]
+            send(server, deliveries)
+            server.wait_no_pending()
+            assert_counts(server, tenant, deliveries)
+        finally:
+            server.stop()
+        results[mode] = counts(url)
+    assert results["process"]
+    assert results["process"] == results["thread"]
+
+
+def test_a_killed_counter_is_restarted_and_nothing_is_lost(
+    database_url: str, tmp_path: Path
+) -> None:
+    deliveries = pack(generate_events(32, 500), 32)
+    tenant = register(database_url)
+    server = Server(database_url, tmp_path / "serve").start()
+    try:
+        first = the_counter(server)
+        half = len(deliveries) // 2
+        send(server, deliveries[:half])
+        os.kill(first, signal.SIGKILL)  # whatever it was counting is still pending
+        send(server, deliveries[half:])
+        wait_until(lambda: counter_pids(server.process.pid) not in ([], [first]), 30,  # type: ignore[union-attr]
+                   f"a new counting child\n{server.logs()}")  # fmt: skip
+        second = the_counter(server)
+        assert second != first
+        server.wait_no_pending()
+        assert {state for _, state in inbox_rows(database_url)} == {"processed"}
+        assert_counts(server, tenant, deliveries)
+        assert "the counting process exited" in server.logs()
+    finally:
+        server.stop()
+
+
+def test_kill_9_of_the_server_mid_stream_loses_nothing_and_leaves_no_child(
+    database_url: str, tmp_path: Path
+) -> None:
+    deliveries = pack(generate_events(33, 600), 33)
+    by_raw = {d.raw: d for d in deliveries}
+    tenant = register(database_url)
+    server = Server(database_url, tmp_path / "serve").start()
+    assert server.process is not None
+    try:
+        child = the_counter(server)
+        acked: set[int] = set()
+        lock = threading.Condition()
+        stop = threading.Event()
+        indexes = iter(range(len(deliveries)))
+
+        def sender(url: str) -> None:
+            with httpx.Client(base_url=url, timeout=30.0) as http:
+                while not stop.is_set():
+                    with lock:
+                        i = next(indexes, None)
+                    if i is None:
+                        return
+                    try:
+                        code = post_webhook(http, deliveries[i].raw)
+                    except httpx.TransportError:
+                        continue  # no answer: may or may not be stored
+                    with lock:
+                        if code == 200:
+                            acked.add(i)
+                            lock.notify_all()
+
+        senders = [threading.Thread(target=sender, args=(server.url,)) for _ in range(4)]
+        for thread in senders:
+            thread.start()
+        with lock:
+            assert lock.wait_for(lambda: len(acked) >= 60, timeout=120), server.logs()
+        # The server's own process only (not its group): its child must notice and go.
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(20)
+        stop.set()
+        for thread in senders:
+            thread.join(60)
+        assert len(acked) < len(deliveries), "the kill must come before the stream ends"
+        wait_until(lambda: not alive(child), 30, "the orphaned counting child exits")
+
+        server.start()  # the new counting child's start-up sweep counts what was pending
+        server.wait_no_pending()
+        rows = inbox_rows(database_url)
+        stored = {body for body, _ in rows}
+        assert {state for _, state in rows} == {"processed"}
+        lost = [i for i in acked if deliveries[i].raw not in stored]
+        assert not lost, f"acknowledged with 200 but not stored: {sorted(lost)}"
+        assert_counts(server, tenant, [by_raw[raw] for raw in stored])
+    finally:
+        server.stop()
+
+
+def test_no_counting_child_outlives_a_stopped_server(database_url: str, tmp_path: Path) -> None:
+    server = Server(database_url, tmp_path / "serve").start()
+    try:
+        child = the_counter(server)
+        assert server.process is not None
+        # SIGTERM only, waited for here: Server.stop() would then kill the whole group.
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)  # uvicorn exits by the signal (status -15)
+        wait_until(lambda: not alive(child), 30, "the counting child exits with its server")
+    finally:
+        server.stop()
+
+
+def test_thread_mode_starts_no_child(database_url: str, tmp_path: Path) -> None:
+    server = Server(
+        database_url, tmp_path / "serve", env_extra={"WASTATS_COUNTING": "thread"}
+    ).start()
+    try:
+        assert server.process is not None
+        assert counter_pids(server.process.pid) == []
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_to_the_whole_group_lets_the_child_finish_and_exit(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A terminal's Ctrl-C (or systemd's SIGTERM) reaches every process of the group at once.
+    deliveries = pack(generate_events(34, 200), 34)
+    tenant = register(database_url)
+    server = Server(database_url, tmp_path / "serve").start()
+    try:
+        child = the_counter(server)
+        send(server, deliveries)
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGINT)
+        server.process.wait(30)
+        wait_until(lambda: not alive(child), 30, "the counting child exits after its server")
+        assert "Traceback" not in server.logs(), server.logs()
+        server.start()  # whatever was left pending is counted by the next child
+        server.wait_no_pending()
+        assert_counts(server, tenant, deliveries)
+    finally:
+        server.stop()
+
+
+@given(
+    url=st.text(min_size=1, max_size=80),
+    key=st.binary(min_size=16, max_size=64),
+    secrets=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=3),
+    days=st.integers(min_value=0, max_value=3650),
+)
+def test_the_childs_configuration_survives_the_socket(
+    url: str, key: bytes, secrets: list[bytes], days: int
+) -> None:
+    # Keys are arbitrary bytes (newlines included): the one-line JSON must carry them intact.
+    config = CounterConfig(database_url=url, hash_key=key, body_secrets=secrets,
+                           retention_days=days, log_level="WARNING", log_format="text")  # fmt: skip
+    line = config.to_line()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert CounterConfig.from_line(line) == config
