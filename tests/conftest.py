@@ -101,7 +101,7 @@ CITUS_SKIPPED = {
 """Tests of `database_url` not run on Citus, and why (skipped with the reason, visibly)."""
 
 
-XDIST_GROUPS = {"tests/test_container.py": "container"}
+XDIST_GROUPS = {"tests/test_container.py": "container", "tests/test_citus.py": "citus"}
 """The modules whose tests carry `pytest.mark.xdist_group(NAME)`, and NAME: under `--dist
 loadgroup` (scripts/test) each group runs on one worker. pytest-xdist 3.8 marks a group by
 suffixing the test ids on the workers, which pytest 9.2's structured ids silently ignore
