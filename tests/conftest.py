@@ -15,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -100,7 +101,46 @@ CITUS_SKIPPED = {
 """Tests of `database_url` not run on Citus, and why (skipped with the reason, visibly)."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+XDIST_GROUPS = {"tests/test_container.py": "container", "tests/test_citus.py": "citus"}
+"""The modules whose tests carry `pytest.mark.xdist_group(NAME)`, and NAME: under `--dist
+loadgroup` (scripts/test) each group runs on one worker. pytest-xdist 3.8 marks a group by
+suffixing the test ids on the workers, which pytest 9.2's structured ids silently ignore
+(pytest-xdist issue #1386): the tests then spread over the workers, and both build the image.
+So the controller's scheduler (`pytest_xdist_make_scheduler`) groups by this table, and the
+collection checks that the table and the marks agree."""
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    names = {
+        str(m.args[0] if m.args else m.kwargs["name"]) for m in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names)) or None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` that groups by `XDIST_GROUPS` (see there); other modes as xdist has
+    them. Scopes of one test each otherwise, so the workers stay balanced to the end."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class TableGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            group = XDIST_GROUPS.get(module)
+            return f"@{group}" if group else super()._split_scope(nodeid)
+
+    return TableGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].split("@", 1)[0]
+        if _xdist_group(item) != XDIST_GROUPS.get(module):
+            raise pytest.UsageError(
+                f"{item.nodeid}: xdist_group {_xdist_group(item)!r}, but XDIST_GROUPS in "
+                f"tests/conftest.py says {XDIST_GROUPS.get(module)!r} for {module}"
+            )
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or callspec.params.get("database_url") != "citus":
@@ -108,6 +148,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = CITUS_SKIPPED.get(getattr(item, "originalname", item.name))
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"not on Citus: {reason}"))
+    # The long tests first (a stable sort: the rest keep their order), so no worker starts one
+    # of them when the others are about to finish. xdist schedules in this order (its loadgroup
+    # puts a group, the container tests, before single tests).
+    items.sort(key=_long_first_rank)
+
+
+LONG_FIRST = (
+    "tests/test_scaleout.py::test_three_processes_on_one_postgresql",  # 129 s on Citus, 69 s
+    "tests/test_ingest_properties.py::test_any_order_duplication_and_batching_give_the_reference_",
+    "tests/test_forwarding_procs.py::",
+    "tests/test_parallel_counting.py::test_parallel_counting_equals_serial_counting",
+    "tests/test_reconciliation.py::test_reconciliation_end_to_end",
+    "tests/test_failures.py::test_kill_9_mid_stream_loses_no_acknowledged_body",
+    "tests/test_v1_schemathesis.py::",
+    "tests/test_citus.py::test_distribute_lays_out_every_table",
+    "tests/test_ingest_properties.py::test_a_number_moved_mid_stream",
+    "tests/test_forwarding.py::test_dead_letter_after_seven_days_then_replay",
+    "tests/test_meta_cli.py::test_link_registers_the_missing_numbers_and_syncs",
+    "tests/test_forwarding.py::test_a_hanging_destination_does_not_delay_another",
+    "tests/test_whatsapp_payload.py::test_fuzz_",
+    "tests/test_cli.py::test_serve_warns_of_several_workers_on_sqlite",
+    "tests/test_cli.py::test_tables_never_cut_an_id",
+    "tests/test_meta_sync.py::test_a_killed_sync_resumes_where_it_stopped",
+    "tests/test_forwarding.py::test_cli_adds_lists_pauses_resumes_and_removes_destinations",
+)
+"""Node id prefixes of the longest tests, longest first, from `--durations=80` of a whole
+`scripts/test` run (PYTEST_ADDOPTS; 2026-12-07, on this project's two-core machine, loaded, so
+the seconds are inflated but their order holds): a slow test that starts last ends the run alone.
+A test that grows long goes here; an entry that matches nothing is harmless."""
+
+
+def _long_first_rank(item: pytest.Item) -> int:
+    for rank, prefix in enumerate(LONG_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(LONG_FIRST)
 
 
 @pytest.fixture(params=_DATABASES)

@@ -38,6 +38,10 @@ from wastats.store.db import Database
 from wastats.store.migrate import alembic_config, upgrade
 from webhooks import at, envelope, inbound, post, settle, status
 
+# One group (`--dist loadgroup`; XDIST_GROUPS in conftest): the worker that takes these tests
+# starts a Citus cluster (three PostgreSQL servers) for them, instead of every worker starting one.
+pytestmark = pytest.mark.xdist_group("citus")
+
 NUMBERS = {"106540352242922": "15550783881", "106540352242931": "15550783882"}
 
 

@@ -34,7 +34,10 @@ from pgcluster import free_port
 from wastats.whatsapp.signature import sign
 from webhooks import PHONE_NUMBER_ID, at, envelope, inbound
 
-pytestmark = pytest.mark.container
+# One group (`--dist loadgroup`, scripts/test): the three tests share one image build and one
+# compose stack (the module's `stack` fixture), which must happen on one worker, once. The mark is
+# set here, at collection, where pytest-xdist reads it to suffix the ids with `@container`.
+pytestmark = [pytest.mark.container, pytest.mark.xdist_group("container")]
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGES = ("docker.io/library/debian:bookworm-slim", "docker.io/library/postgres:15")
