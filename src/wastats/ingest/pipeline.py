@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
@@ -198,10 +197,24 @@ def _clip(value: str | None, size: int) -> str | None:
     return value
 
 
-_clip_word = lru_cache(maxsize=1024)(_clip)
-"""`_clip` of the fields that take a few values (status, pricing model, type and category,
-conversation origin), remembered: a dictionary look-up instead of a Python call for each of
-five fields of every status update (odd values from a broken sender only miss the cache)."""
+class _Words(dict[tuple[str | None, int], str | None]):
+    """`_clip` of the fields that take a few values (status, pricing model, type and category,
+    conversation origin, the business number), remembered: `_WORDS[value, size]` is a dictionary
+    look-up instead of a Python call for each of six fields of every status update. Only short
+    values are kept, and at most `LIMIT` of them, so odd values from a broken sender only miss
+    and never hold memory."""
+
+    LIMIT = 4096
+
+    def __missing__(self, key: tuple[str | None, int]) -> str | None:
+        value, size = key
+        clipped = _clip(value, size)
+        if (value is None or len(value) <= 64) and len(self) < self.LIMIT:
+            self[key] = clipped
+        return clipped
+
+
+_WORDS = _Words()
 
 
 class Pipeline:
@@ -315,7 +328,7 @@ class Pipeline:
             if not 0 <= ts < MAX_TIMESTAMP:
                 skipped.append(f"status {status.wamid}: timestamp {ts} out of range")
                 continue
-            number = _clip_word(status.phone_number_id, 64) or ""
+            number = _WORDS[status.phone_number_id, 64] or ""
             batch = per_number[number]
             fact, bsuid_key = status_fact(status)
             if bsuid_key is not None:
@@ -371,14 +384,14 @@ class Pipeline:
         conversation_id = status.conversation_id
         fact = StatusFact(
             message_key,
-            _clip_word(status.status, 16) or "",
+            _WORDS[status.status, 16] or "",
             status.timestamp,
             None if conversation_id is None else _clip(conversation_id, 160),
-            _clip_word(status.conversation_origin, 48),
+            _WORDS[status.conversation_origin, 48],
             expiration,
-            _clip_word(status.pricing_model, 8),
-            _clip_word(status.pricing_type, 48),
-            _clip_word(status.pricing_category, 48),
+            _WORDS[status.pricing_model, 8],
+            _WORDS[status.pricing_type, 48],
+            _WORDS[status.pricing_category, 48],
             status.billable,
             wa_key or bsuid_key,
             country,
