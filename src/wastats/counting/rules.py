@@ -137,15 +137,6 @@ def _is_later(a: StatusFact, b: StatusFact | None) -> bool:
     return _tie_key(a) > _tie_key(b)
 
 
-def _has_pricing(s: StatusFact) -> bool:
-    return (
-        s.pricing_model is not None
-        or s.pricing_type is not None
-        or s.pricing_category is not None
-        or s.billable is not None
-    )
-
-
 # --- one message ------------------------------------------------------------------------------
 
 
@@ -175,21 +166,42 @@ class _Scan:
         self.country: StatusFact | None = None
 
     def add(self, s: StatusFact) -> None:
+        # Runs once per status update and was the largest pure-Python cost of live counting
+        # (profiled: 12% of the counting child): `_has_pricing` is inlined, and `_is_later` is
+        # only called when there is something to compare with (`x is None or _is_later(s, x)`
+        # is exactly `_is_later(s, x)`, without a call for a message's first status).
         ts = s.timestamp
-        if self.earliest is None or ts < self.earliest:
+        earliest = self.earliest
+        if earliest is None or ts < earliest:
             self.earliest = ts
-        if s.status in _DELIVERED and (self.delivered_at is None or ts < self.delivered_at):
-            self.delivered_at = ts
-        if _has_pricing(s) and _is_later(s, self.pricing):
-            self.pricing = s
-        if s.pricing_model in _MODEL_ERA and _is_later(s, self.model):
-            self.model = s
+        if s.status in _DELIVERED:
+            delivered_at = self.delivered_at
+            if delivered_at is None or ts < delivered_at:
+                self.delivered_at = ts
+        model = s.pricing_model
+        if (
+            model is not None
+            or s.pricing_type is not None
+            or s.pricing_category is not None
+            or s.billable is not None
+        ):
+            pricing = self.pricing
+            if pricing is None or _is_later(s, pricing):
+                self.pricing = s
+            if model in _MODEL_ERA:
+                known = self.model
+                if known is None or _is_later(s, known):
+                    self.model = s
         if s.conversation_id is not None:
             self.has_conversation = True
-        if s.user_key is not None and _is_later(s, self.user):
-            self.user = s
-        if s.country is not None and _is_later(s, self.country):
-            self.country = s
+        if s.user_key is not None:
+            user = self.user
+            if user is None or _is_later(s, user):
+                self.user = s
+        if s.country is not None:
+            country = self.country
+            if country is None or _is_later(s, country):
+                self.country = s
 
     def era(self) -> Era:
         if self.model is not None and self.model.pricing_model is not None:

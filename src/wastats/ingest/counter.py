@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -255,6 +256,18 @@ def _configure_logging(config: CounterConfig) -> None:
     )
 
 
+def _tune_gc() -> None:
+    """Fewer cyclic garbage collections in the counting child: a batch allocates a few
+    container objects per status update (facts, sets, rows) that reference counting frees, yet
+    every 700 allocations started a collection that walked the young objects, and the older
+    generations walked the modules and caches imported at start. Measured with a focused driver
+    (`count_ids` on 100-status bodies, SQLite, loaded machine): the collector took about a tenth
+    of counting's CPU. What was loaded so far is frozen (never scanned again) and young
+    collections run every 10,000 allocations; cycles are still collected, only less often."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 class _Child:
     def __init__(self, sock: socket.socket, config: CounterConfig) -> None:
         # Imported here: the parent's side of this module needs none of it.
@@ -284,6 +297,7 @@ class _Child:
         # What a previous child (or a crash) left pending, as the processor thread does.
         service.sweep(older_than=0)
         service.seal_clear_bodies()
+        _tune_gc()
         last_sweep = last_purge = time.monotonic()
         try:
             while not self.closed:

@@ -197,6 +197,26 @@ def _clip(value: str | None, size: int) -> str | None:
     return value
 
 
+class _Words(dict[tuple[str | None, int], str | None]):
+    """`_clip` of the fields that take a few values (status, pricing model, type and category,
+    conversation origin, the business number), remembered: `_WORDS[value, size]` is a dictionary
+    look-up instead of a Python call for each of six fields of every status update. Only short
+    values are kept, and at most `LIMIT` of them, so odd values from a broken sender only miss
+    and never hold memory."""
+
+    LIMIT = 4096
+
+    def __missing__(self, key: tuple[str | None, int]) -> str | None:
+        value, size = key
+        clipped = _clip(value, size)
+        if (value is None or len(value) <= 64) and len(self) < self.LIMIT:
+            self[key] = clipped
+        return clipped
+
+
+_WORDS = _Words()
+
+
 class Pipeline:
     def __init__(self, hasher: CustomerHasher) -> None:
         self.hasher = hasher
@@ -298,19 +318,29 @@ class Pipeline:
             batch.newest = max(batch.newest, message.timestamp)
             report.inbound += 1
             report.newest_event = max(report.newest_event, message.timestamp)
+        # Once per status update: locals rather than attribute writes per status, the newest
+        # time kept per batch as statuses come and the report's totals added once at the end.
+        status_fact = self._status_fact
+        counted = 0
+        newest = report.newest_event
         for status in parsed.statuses:
-            if not 0 <= status.timestamp < MAX_TIMESTAMP:
-                skipped.append(f"status {status.wamid}: timestamp {status.timestamp} out of range")
+            ts = status.timestamp
+            if not 0 <= ts < MAX_TIMESTAMP:
+                skipped.append(f"status {status.wamid}: timestamp {ts} out of range")
                 continue
-            number = _clip(status.phone_number_id, 64) or ""
+            number = _WORDS[status.phone_number_id, 64] or ""
             batch = per_number[number]
-            fact, bsuid_key = self._status_fact(status)
+            fact, bsuid_key = status_fact(status)
             if bsuid_key is not None:
                 batch.bsuid_customers.add(bsuid_key)
             batch.statuses.append(fact)
-            batch.newest = max(batch.newest, status.timestamp)
-            report.statuses += 1
-            report.newest_event = max(report.newest_event, status.timestamp)
+            if ts > batch.newest:
+                batch.newest = ts
+            if ts > newest:
+                newest = ts
+            counted += 1
+        report.statuses += counted
+        report.newest_event = newest
         for link in parsed.links:
             number = _clip(link.phone_number_id, 64) or ""
             per_number[number].links.add(
@@ -351,16 +381,17 @@ class Pipeline:
         expiration = status.expiration_timestamp
         if expiration is not None and not 0 <= expiration < MAX_TIMESTAMP:
             expiration = None
+        conversation_id = status.conversation_id
         fact = StatusFact(
             message_key,
-            _clip(status.status, 16) or "",
+            _WORDS[status.status, 16] or "",
             status.timestamp,
-            _clip(status.conversation_id, 160),
-            _clip(status.conversation_origin, 48),
+            None if conversation_id is None else _clip(conversation_id, 160),
+            _WORDS[status.conversation_origin, 48],
             expiration,
-            _clip(status.pricing_model, 8),
-            _clip(status.pricing_type, 48),
-            _clip(status.pricing_category, 48),
+            _WORDS[status.pricing_model, 8],
+            _WORDS[status.pricing_type, 48],
+            _WORDS[status.pricing_category, 48],
             status.billable,
             wa_key or bsuid_key,
             country,
