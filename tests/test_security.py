@@ -255,7 +255,10 @@ def test_sqlite_files_are_created_private(tmp_path: Path) -> None:
         with TestClient(create_app(settings)) as client:
             assert client.get("/healthz").status_code == 200
             files = sorted(p.name for p in (tmp_path / "fresh").iterdir())
-            assert files == ["wastats.db", "wastats.db-shm", "wastats.db-wal", "wastats.secret"]
+            assert files == [
+                "wastats.db", "wastats.db-shm", "wastats.db-wal", "wastats.db-writelock",
+                "wastats.secret",
+            ]  # fmt: skip
             for name in files:
                 mode = stat.S_IMODE((tmp_path / "fresh" / name).stat().st_mode)
                 assert mode == 0o600, (name, oct(mode))
