@@ -220,11 +220,10 @@ def _answer(
         result = reporting.answer(conn, account, question, now, max_rows=max_rows).model()
         if wants_csv:  # with Meta's record (source, cost) once a WABA is linked
             return history.stats_answer(conn, question, result, now, max_rows=max_rows), None
-        if not history.any_synced(conn):  # no WABA linked: the observed answer as it is
-            return result, result.wire_json()
         # Meta's record (history and cost), merged into the observed answer: docs/meta-record.md.
-        doc = result.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        merged = history.merge_reported(conn, question, doc, now, max_rows=max_rows)
+        merged = history.merged_doc(conn, question, result, now, max_rows=max_rows)
+    if merged is None:  # no WABA linked: the observed answer as it is
+        return result, result.wire_json()
     return result, msgspec.json.encode(merged)
 
 

@@ -128,12 +128,25 @@ def stats_answer(
 ) -> answers.Stats:
     """`observed` with Meta's record merged in, as a model: for the CSV of `/v1/stats` and for
     `wastats stats`, which show `source` and `cost` as the JSON does. `observed` itself when
-    no WABA was ever linked. (The JSON answer encodes `merge_reported`'s object directly.)"""
+    no WABA was ever linked. (The JSON answer encodes `merged_doc`'s object directly.)"""
+    merged = merged_doc(conn, q, observed, now, max_rows=max_rows)
+    return observed if merged is None else answers.Stats.model_validate(merged)
+
+
+def merged_doc(
+    conn: Connection,
+    q: Question,
+    observed: answers.Stats,
+    now: int,
+    *,
+    max_rows: int | None = None,
+) -> dict[str, object] | None:
+    """`observed` as its JSON object with Meta's record merged in, or None when no WABA was ever
+    linked (most installations): then the observed answer is the answer, as it is."""
     if not any_synced(conn):
-        return observed
+        return None
     doc = observed.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    merged = merge_reported(conn, q, doc, now, max_rows=max_rows)
-    return answers.Stats.model_validate(merged)
+    return merge_reported(conn, q, doc, now, max_rows=max_rows)
 
 
 def merge_reported(
