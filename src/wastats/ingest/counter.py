@@ -159,6 +159,10 @@ class CounterProcess:
             stdin=subprocess.DEVNULL,
             # A copy of the child's end in any other child would keep it from ever seeing EOF.
             close_fds=True,
+            # A group of its own: a terminal's Ctrl-C (or `kill` of the server's group) must not
+            # reach the child while it is still importing, before it can ignore the signal; it
+            # ends when the parent's socket closes, which an orderly stop and any death both do.
+            process_group=0,
         )
         theirs.close()
         self._sock = ours
@@ -222,8 +226,9 @@ def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C in a terminal, or a service manager signalling the whole group, reaches the child
-    # too: it finishes its batch and exits when its parent's socket closes, never mid-batch.
+    # The child has a process group of its own, but a service manager may still signal every
+    # process of the service (systemd's control group): it finishes its batch and exits when its
+    # parent's socket closes, never mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
