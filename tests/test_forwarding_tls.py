@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from pydantic import ValidationError
 
 from conftest import APP_SECRET, FakeClock, make_settings
 from test_forwarding import add_destination, bodies_of, deliveries, poll, send
@@ -257,3 +258,13 @@ def test_a_certificate_for_another_name_is_refused(
         _stays_pending_with_a_certificate_error(sqlite_url, destination, forward_ca_file=ca_file)
     finally:
         destination.close()
+
+
+@pytest.mark.parametrize("where", ["missing.pem", "."])
+def test_a_ca_file_that_cannot_be_read_is_refused_at_the_start(
+    sqlite_url: str, tmp_path: Path, where: str
+) -> None:
+    # The file is read at the first HTTPS delivery, which may come hours later: a wrong path
+    # (or a directory) must stop the start with the path named, not fail deliveries then.
+    with pytest.raises(ValidationError, match="no readable file at"):
+        make_settings(sqlite_url, forward_ca_file=tmp_path / where)

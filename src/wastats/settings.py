@@ -7,6 +7,7 @@ Every field is documented in `docs/configuration.md` (a test keeps the two in st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -273,6 +274,15 @@ class Settings(BaseSettings):
         if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
             # Rewrite `postgresql://` to the psycopg 3 driver rather than making users know it.
             value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        return value
+
+    @field_validator("forward_ca_file")
+    @classmethod
+    def _ca_file_is_readable(cls, value: Path | None) -> Path | None:
+        # Read at the first HTTPS delivery, perhaps hours after the start: a wrong path is
+        # said at the start instead. (Its contents are checked then: `ssl` has no cheaper way.)
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"no readable file at {value}")
         return value
 
     def meta_app_secrets(self) -> list[bytes]:

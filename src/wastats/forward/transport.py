@@ -79,17 +79,21 @@ class Http1(Transport):
     use: an aiohttp session belongs to the loop it was made in)."""
 
     def __init__(self, *, ca_file: Path | None, timeout: float) -> None:
-        self._ssl = ssl_context(ca_file)
+        self._ca_file = ca_file
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # The TLS context (hundreds of authorities to load, tens of milliseconds) is made on
+            # the first delivery, not at every start of a process that may have no destination.
             self._session = aiohttp.ClientSession(
                 # The worker bounds requests per destination; the pool does not. Idle
                 # connections are let go after 4 s, before the 5 s after which common servers
                 # (uvicorn, Node) close them: reusing one the server is closing fails the POST.
-                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl, keepalive_timeout=4.0),
+                connector=aiohttp.TCPConnector(
+                    limit=0, ssl=ssl_context(self._ca_file), keepalive_timeout=4.0
+                ),
                 headers={"User-Agent": USER_AGENT},
                 # Nothing invented: no Content-Type when Meta sent none, no compression asked.
                 skip_auto_headers=("Content-Type", "Accept-Encoding"),
@@ -129,19 +133,26 @@ class Http2(Transport):
     """httpx with HTTP/2 (and HTTP/1.1 for a destination that does not offer it)."""
 
     def __init__(self, *, ca_file: Path | None, timeout: float) -> None:
-        self._client = httpx.AsyncClient(
-            http2=True,
-            verify=ssl_context(ca_file),
-            follow_redirects=False,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            headers={"User-Agent": USER_AGENT},
-            trust_env=False,
-        )
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    def _open(self) -> httpx.AsyncClient:
+        if self._client is None:  # on first use, as Http1's session (its TLS context)
+            self._client = httpx.AsyncClient(
+                http2=True,
+                verify=ssl_context(self._ca_file),
+                follow_redirects=False,
+                timeout=self._timeout,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                headers={"User-Agent": USER_AGENT},
+                trust_env=False,
+            )
+        return self._client
 
     async def post(self, url: str, body: bytes, headers: Headers) -> Answer:
         try:
-            async with self._client.stream(
+            async with self._open().stream(
                 "POST", url, content=body, headers=list(headers)
             ) as response:
                 total = 0
@@ -158,7 +169,9 @@ class Http2(Transport):
             raise TransportError(_reason(exc)) from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 class Transports(Transport):

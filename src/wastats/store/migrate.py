@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -25,7 +26,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration this wastats ships. Cached: finding it loads every revision script
+    (tens of milliseconds), and the scripts are part of the installed package, fixed for the
+    life of the process; every app start and CLI command asks."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
