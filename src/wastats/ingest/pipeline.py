@@ -26,7 +26,7 @@ counts they affect, including months already reported.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from wastats.counting import rules
-from wastats.counting.model import CountedUnit, StatusFact
+from wastats.counting.model import Bucket, CountedUnit, StatusFact
 from wastats.domain.accounts import load_zone
 from wastats.ingest.identity import CustomerHasher, country_of_bsuid, country_of_phone
 from wastats.store import activity as activity_repo
@@ -541,15 +541,28 @@ def _write_rollups(conn: Connection, changes: Sequence[UnitChange]) -> None:
     number registered later gets its rollups built from its units then), leaving out units
     older than the registration's `counts_from` (a number moved from another account)."""
     scopes = numbers_repo.scopes_of(conn, {change.phone_number_id for change in changes})
-    zones = {n: (load_zone(s.timezone), s.counts_from or 0) for n, s in scopes.items()}
-    deltas: Counter[counts_repo.RollupKey] = Counter()
+    zones = {
+        n: (counts_repo.ZoneMonths(load_zone(s.timezone)), s.counts_from or 0)
+        for n, s in scopes.items()
+    }
+    # Summed under plain tuples (`RollupKey`'s fields), made `RollupKey`s once per row: one
+    # change in two or three is a new unit, and a named tuple per unit was a measurable share.
+    summed: dict[tuple[str, int, Bucket, str, str], int] = {}
+    get = summed.get
     for number, before, after in changes:
-        if number in zones:
-            zone, since = zones[number]
-            if before is not None and before.timestamp >= since:
-                deltas[counts_repo.rollup_key(number, before, zone)] -= 1
-            if after is not None and after.timestamp >= since:
-                deltas[counts_repo.rollup_key(number, after, zone)] += 1
+        scope = zones.get(number)
+        if scope is None:
+            continue
+        month_of, since = scope
+        if before is not None and before.timestamp >= since:
+            key = (number, month_of(before.timestamp), before.bucket, before.category,
+                   before.pricing_type)  # fmt: skip
+            summed[key] = get(key, 0) - 1
+        if after is not None and after.timestamp >= since:
+            key = (number, month_of(after.timestamp), after.bucket, after.category,
+                   after.pricing_type)  # fmt: skip
+            summed[key] = get(key, 0) + 1
+    deltas = {counts_repo.RollupKey(*key): delta for key, delta in summed.items()}
     counts_repo.apply_deltas(conn, deltas)
 
 
