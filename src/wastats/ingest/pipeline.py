@@ -197,24 +197,32 @@ def _clip(value: str | None, size: int) -> str | None:
     return value
 
 
-class _Words(dict[tuple[str | None, int], str | None]):
-    """`_clip` of the fields that take a few values (status, pricing model, type and category,
-    conversation origin, the business number), remembered: `_WORDS[value, size]` is a dictionary
-    look-up instead of a Python call for each of six fields of every status update. Only short
-    values are kept, and at most `LIMIT` of them, so odd values from a broken sender only miss
-    and never hold memory."""
+class _Words(dict[str | None, str | None]):
+    """`_clip` to `size` of a field that takes a few values (status, pricing model, type and
+    category, conversation origin, the business number), remembered: `words[value]` is a
+    dictionary look-up instead of a Python call for each of six fields of every status update
+    (one dictionary per width, keyed by the string alone: its hash is cached, a (value, size)
+    tuple's is not). Only short values are kept, and at most `LIMIT` of them, so odd values from
+    a broken sender only miss and never hold memory."""
 
     LIMIT = 4096
 
-    def __missing__(self, key: tuple[str | None, int]) -> str | None:
-        value, size = key
-        clipped = _clip(value, size)
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __missing__(self, value: str | None) -> str | None:
+        clipped = _clip(value, self.size)
         if (value is None or len(value) <= 64) and len(self) < self.LIMIT:
-            self[key] = clipped
+            self[value] = clipped
         return clipped
 
 
-_WORDS = _Words()
+_NUMBERS = _Words(64)
+_STATUSES = _Words(16)
+_MODELS = _Words(8)
+_WORDS48 = _Words(48)
+"""Pricing types and categories and conversation origins: the same width."""
 
 
 class Pipeline:
@@ -328,7 +336,7 @@ class Pipeline:
             if not 0 <= ts < MAX_TIMESTAMP:
                 skipped.append(f"status {status.wamid}: timestamp {ts} out of range")
                 continue
-            number = _WORDS[status.phone_number_id, 64] or ""
+            number = _NUMBERS[status.phone_number_id] or ""
             batch = per_number[number]
             fact, bsuid_key = status_fact(status)
             if bsuid_key is not None:
@@ -384,14 +392,14 @@ class Pipeline:
         conversation_id = status.conversation_id
         fact = StatusFact(
             message_key,
-            _WORDS[status.status, 16] or "",
+            _STATUSES[status.status] or "",
             status.timestamp,
             None if conversation_id is None else _clip(conversation_id, 160),
-            _WORDS[status.conversation_origin, 48],
+            _WORDS48[status.conversation_origin],
             expiration,
-            _WORDS[status.pricing_model, 8],
-            _WORDS[status.pricing_type, 48],
-            _WORDS[status.pricing_category, 48],
+            _MODELS[status.pricing_model],
+            _WORDS48[status.pricing_type],
+            _WORDS48[status.pricing_category],
             status.billable,
             wa_key or bsuid_key,
             country,
@@ -506,12 +514,14 @@ def _recount(
     counted = _count_sessions(touched.customers, inbound_times)
     stored = units_repo.sessions_of(conn, touched.customers & touched.known_customers)
     message_units, changes = _count_messages(touched.messages, messages)
+    # `rules.message_conversation_ids` of each message, inline: a call and a frozenset per
+    # touched message, for the few that have a conversation id.
+    statuses = messages.statuses
     conversations = {
-        (number, conversation_id)
-        for (number, message_key) in touched.messages
-        for conversation_id in rules.message_conversation_ids(
-            messages.statuses.get((number, message_key), [])
-        )
+        (pair[0], fact.conversation_id)
+        for pair in touched.messages
+        for fact in statuses.get(pair, ())
+        if fact.conversation_id is not None
     }
     if conversations:
         counted.update(_count_conversations(conn, conversations, messages.statuses))
