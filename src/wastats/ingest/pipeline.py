@@ -390,11 +390,17 @@ class Pipeline:
         if expiration is not None and not 0 <= expiration < MAX_TIMESTAMP:
             expiration = None
         conversation_id = status.conversation_id
+        if conversation_id is not None and not (
+            len(conversation_id) <= 160
+            and conversation_id.isascii()
+            and "\x00" not in conversation_id
+        ):
+            conversation_id = _clip(conversation_id, 160)  # a call only when it changes it
         fact = StatusFact(
             message_key,
             _STATUSES[status.status] or "",
             status.timestamp,
-            None if conversation_id is None else _clip(conversation_id, 160),
+            conversation_id,
             _WORDS48[status.conversation_origin],
             expiration,
             _MODELS[status.pricing_model],
