@@ -45,6 +45,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=60, help="bodies per count_ids call")
     parser.add_argument("--gc", choices=["default", "child"], default="default")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--sort",
+        choices=["tottime", "cumulative"],
+        default="tottime",
+        help="order of the --profile listing",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         url = f"sqlite:///{work}/count.db"
@@ -87,7 +93,7 @@ def main() -> None:
                       "cpu_seconds": round(cpu, 3),
                       "cpu_us_per_status": round(cpu / statuses * 1e6, 1)}))  # fmt: skip
     if profile is not None:
-        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(40)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ import importlib.util
 import itertools
 from collections import Counter
 from pathlib import Path
+from random import Random
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from wastats.counting.calendar import month_bounds, month_of
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
+from wastats.store import counts as counts_repo
 from wastats.store import facts as facts_repo
 from wastats.store import units as units_repo
 from wastats.store.db import Database
@@ -192,3 +196,44 @@ def test_write_replaces_and_deletes_units(database_url: str, home: str) -> None:
             assert units_repo.all_of(conn, number) == {}
     finally:
         db.dispose()
+
+
+_ROLLUP_ZONES = tuple(
+    ZoneInfo(name)
+    for name in (
+        "UTC",
+        "Asia/Jerusalem",
+        "America/New_York",
+        "America/Asuncion",
+        "Australia/Lord_Howe",
+        "Asia/Kathmandu",
+        "Pacific/Apia",
+        "Africa/Monrovia",  # -0:44:30 until 1972: months that start off the quarter hour
+    )
+)
+
+
+@settings(deadline=None)
+@given(
+    zone=st.sampled_from(_ROLLUP_ZONES),
+    months=st.lists(st.integers(1970 * 12, 2100 * 12 + 11), min_size=1, max_size=4),
+    seconds=st.lists(st.integers(0, 86_399), min_size=1, max_size=30),
+    anywhere=st.lists(st.integers(0, 10**10 - 1), max_size=10),
+    rnd=st.randoms(use_true_random=False),
+)
+def test_zone_months_answer_as_month_of(
+    zone: ZoneInfo, months: list[int], seconds: list[int], anywhere: list[int], rnd: Random
+) -> None:
+    """The pipeline's remembered months (`counts.ZoneMonths`) give `month_of`'s month for any
+    sequence of times, whatever was asked before: mostly times of the UTC days on which a local
+    month starts, where a remembered day would answer for the wrong month."""
+    stamps = list(anywhere)
+    for index in months:
+        start = month_bounds((index // 12) * 100 + index % 12 + 1, zone)[0]
+        day = start - start % 86_400
+        stamps += [day + second for second in seconds] + [start - 1, start]
+    rnd.shuffle(stamps)
+    remembered = counts_repo.ZoneMonths(zone)
+    for ts in stamps + stamps[::-1]:
+        if ts >= 0:
+            assert remembered(ts) == month_of(ts, zone), ts

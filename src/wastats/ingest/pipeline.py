@@ -26,7 +26,7 @@ counts they affect, including months already reported.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from wastats.counting import rules
-from wastats.counting.model import CountedUnit, StatusFact
+from wastats.counting.model import Bucket, CountedUnit, StatusFact
 from wastats.domain.accounts import load_zone
 from wastats.ingest.identity import CustomerHasher, country_of_bsuid, country_of_phone
 from wastats.store import activity as activity_repo
@@ -197,24 +197,32 @@ def _clip(value: str | None, size: int) -> str | None:
     return value
 
 
-class _Words(dict[tuple[str | None, int], str | None]):
-    """`_clip` of the fields that take a few values (status, pricing model, type and category,
-    conversation origin, the business number), remembered: `_WORDS[value, size]` is a dictionary
-    look-up instead of a Python call for each of six fields of every status update. Only short
-    values are kept, and at most `LIMIT` of them, so odd values from a broken sender only miss
-    and never hold memory."""
+class _Words(dict[str | None, str | None]):
+    """`_clip` to `size` of a field that takes a few values (status, pricing model, type and
+    category, conversation origin, the business number), remembered: `words[value]` is a
+    dictionary look-up instead of a Python call for each of six fields of every status update
+    (one dictionary per width, keyed by the string alone: its hash is cached, a (value, size)
+    tuple's is not). Only short values are kept, and at most `LIMIT` of them, so odd values from
+    a broken sender only miss and never hold memory."""
 
     LIMIT = 4096
 
-    def __missing__(self, key: tuple[str | None, int]) -> str | None:
-        value, size = key
-        clipped = _clip(value, size)
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __missing__(self, value: str | None) -> str | None:
+        clipped = _clip(value, self.size)
         if (value is None or len(value) <= 64) and len(self) < self.LIMIT:
-            self[key] = clipped
+            self[value] = clipped
         return clipped
 
 
-_WORDS = _Words()
+_NUMBERS = _Words(64)
+_STATUSES = _Words(16)
+_MODELS = _Words(8)
+_WORDS48 = _Words(48)
+"""Pricing types and categories and conversation origins: the same width."""
 
 
 class Pipeline:
@@ -328,7 +336,7 @@ class Pipeline:
             if not 0 <= ts < MAX_TIMESTAMP:
                 skipped.append(f"status {status.wamid}: timestamp {ts} out of range")
                 continue
-            number = _WORDS[status.phone_number_id, 64] or ""
+            number = _NUMBERS[status.phone_number_id] or ""
             batch = per_number[number]
             fact, bsuid_key = status_fact(status)
             if bsuid_key is not None:
@@ -382,16 +390,22 @@ class Pipeline:
         if expiration is not None and not 0 <= expiration < MAX_TIMESTAMP:
             expiration = None
         conversation_id = status.conversation_id
+        if conversation_id is not None and not (
+            len(conversation_id) <= 160
+            and conversation_id.isascii()
+            and "\x00" not in conversation_id
+        ):
+            conversation_id = _clip(conversation_id, 160)  # a call only when it changes it
         fact = StatusFact(
             message_key,
-            _WORDS[status.status, 16] or "",
+            _STATUSES[status.status] or "",
             status.timestamp,
-            None if conversation_id is None else _clip(conversation_id, 160),
-            _WORDS[status.conversation_origin, 48],
+            conversation_id,
+            _WORDS48[status.conversation_origin],
             expiration,
-            _WORDS[status.pricing_model, 8],
-            _WORDS[status.pricing_type, 48],
-            _WORDS[status.pricing_category, 48],
+            _MODELS[status.pricing_model],
+            _WORDS48[status.pricing_type],
+            _WORDS48[status.pricing_category],
             status.billable,
             wa_key or bsuid_key,
             country,
@@ -506,12 +520,14 @@ def _recount(
     counted = _count_sessions(touched.customers, inbound_times)
     stored = units_repo.sessions_of(conn, touched.customers & touched.known_customers)
     message_units, changes = _count_messages(touched.messages, messages)
+    # `rules.message_conversation_ids` of each message, inline: a call and a frozenset per
+    # touched message, for the few that have a conversation id.
+    statuses = messages.statuses
     conversations = {
-        (number, conversation_id)
-        for (number, message_key) in touched.messages
-        for conversation_id in rules.message_conversation_ids(
-            messages.statuses.get((number, message_key), [])
-        )
+        (pair[0], fact.conversation_id)
+        for pair in touched.messages
+        for fact in statuses.get(pair, ())
+        if fact.conversation_id is not None
     }
     if conversations:
         counted.update(_count_conversations(conn, conversations, messages.statuses))
@@ -541,15 +557,28 @@ def _write_rollups(conn: Connection, changes: Sequence[UnitChange]) -> None:
     number registered later gets its rollups built from its units then), leaving out units
     older than the registration's `counts_from` (a number moved from another account)."""
     scopes = numbers_repo.scopes_of(conn, {change.phone_number_id for change in changes})
-    zones = {n: (load_zone(s.timezone), s.counts_from or 0) for n, s in scopes.items()}
-    deltas: Counter[counts_repo.RollupKey] = Counter()
+    zones = {
+        n: (counts_repo.ZoneMonths(load_zone(s.timezone)), s.counts_from or 0)
+        for n, s in scopes.items()
+    }
+    # Summed under plain tuples (`RollupKey`'s fields), made `RollupKey`s once per row: one
+    # change in two or three is a new unit, and a named tuple per unit was a measurable share.
+    summed: dict[tuple[str, int, Bucket, str, str], int] = {}
+    get = summed.get
     for number, before, after in changes:
-        if number in zones:
-            zone, since = zones[number]
-            if before is not None and before.timestamp >= since:
-                deltas[counts_repo.rollup_key(number, before, zone)] -= 1
-            if after is not None and after.timestamp >= since:
-                deltas[counts_repo.rollup_key(number, after, zone)] += 1
+        scope = zones.get(number)
+        if scope is None:
+            continue
+        month_of, since = scope
+        if before is not None and before.timestamp >= since:
+            key = (number, month_of(before.timestamp), before.bucket, before.category,
+                   before.pricing_type)  # fmt: skip
+            summed[key] = get(key, 0) - 1
+        if after is not None and after.timestamp >= since:
+            key = (number, month_of(after.timestamp), after.bucket, after.category,
+                   after.pricing_type)  # fmt: skip
+            summed[key] = get(key, 0) + 1
+    deltas = {counts_repo.RollupKey(*key): delta for key, delta in summed.items()}
     counts_repo.apply_deltas(conn, deltas)
 
 
