@@ -6,6 +6,7 @@ received or the database holds."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -823,3 +824,69 @@ def test_each_queued_delivery_is_either_handed_over_leased_or_left_due_for_any_p
         assert tuple(h.delivery.headers) == headers
         assert (h.delivery.attempts, h.lease_until) == (0, now + lease)
         assert h.url.endswith(f"/{ids.index(h.delivery.destination_id)}")
+
+
+@pytest.mark.parametrize("stale", ["failed", "dead", "handed back"])
+def test_an_outcome_written_after_its_lease_ran_out_does_not_free_another_process_claim(
+    database_url: str, stale: str
+) -> None:
+    """Process A's lease on a delivery runs out (a slow outcome write, a stalled process) and
+    process B claims it and posts it. A's outcome, written late, must not make the row due
+    again (or dead) under B: a third claim would post the body a second time while B does,
+    and a dead row would be replayed although B delivered it. B's own outcome counts."""
+    now, lease = 1_767_000_000, 25
+    raw = bodies_of(1)[0]
+    db = Database(database_url)
+    try:
+        with db.write() as conn:
+            destination = store.add_destination(
+                conn, url="http://127.0.0.1:9/hook", scope=store.ALL, scope_value="",
+                source=store.FROM_CLI, now=now,
+            )  # fmt: skip
+            assert destination is not None
+            new = inbox_repo.insert_bodies(
+                conn,
+                [
+                    inbox_repo.NewBody(
+                        sha256=hashlib.sha256(raw).hexdigest(),
+                        body=raw,
+                        source="webhook",
+                        received_at=now,
+                    )
+                ],  # fmt: skip
+                TEST_SEALER,
+            )
+            (inbox_id,) = new.values()
+            store.enqueue(conn, [store.NewDelivery(inbox_id, destination, ())], now)
+
+        def claim(at: int) -> list[store.Claimed]:
+            with db.write() as conn:
+                return store.claim(
+                    conn, destination, 10, now=at, lease_until=at + lease, sealer=TEST_SEALER
+                )
+
+        (by_a,) = claim(now)
+        assert claim(now + lease - 1) == []  # A's lease holds
+        (by_b,) = claim(now + lease)  # ... then runs out: B takes the row
+        assert by_b.id == by_a.id
+        late = {
+            "failed": store.Result(by_a.id, destination, False, now + lease + 1, "HTTP 500"),
+            "dead": store.Result(by_a.id, destination, False, None, "HTTP 500"),
+            "handed back": store.Result(by_a.id, destination, False, None),
+        }[stale]
+        with db.write() as conn:
+            store.record_results(
+                conn, [dataclasses.replace(late, lease_until=now + lease)], now + lease + 1
+            )
+        assert claim(now + lease + 2) == [], "B still holds it: no third claim"
+        with db.write() as conn:
+            store.record_results(
+                conn,
+                [store.Result(by_b.id, destination, True, lease_until=now + 2 * lease)],
+                now + lease + 3,
+            )
+            states = store.delivery_states(conn, destination)
+        assert claim(now + 10 * lease) == []
+    finally:
+        db.dispose()
+    assert states == {inbox_id: "delivered"}

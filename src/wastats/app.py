@@ -4,6 +4,7 @@ the database engine and everything else, so tests build as many independent apps
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -108,6 +109,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             log.warning("configuration: %s", problem_)
         await ctx.run(forwarding.start)
         ingest.start()
+        # What is imported and built by now lives as long as the process: moved out of the
+        # cyclic collector's sight, a full collection no longer walks it. It is about 130,000
+        # objects, and each full collection was a 110-210 ms pause of every request and
+        # delivery (docs/benchmarks.md, "Forwarding"). Once per process: a second app in the
+        # same process (tests) would otherwise pin the first one's garbage for good.
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
         # Meta's record syncs in its own thread: a slow Graph API never delays a webhook.
         meta_sync = SyncRunner(db, settings, clock, sealer) if SyncRunner.wanted(settings) else None
         if meta_sync is not None:

@@ -120,6 +120,13 @@ class _Work:
     lease_until: int
 
 
+def _handed_back(work: _Work) -> store.Result:
+    """Not attempted: due again now, for the next claim (if the row still holds our lease)."""
+    return store.Result(
+        work.delivery.id, work.delivery.destination_id, False, None, lease_until=work.lease_until
+    )
+
+
 class Forwarder:
     """The delivery worker of one process (see the module docstring)."""
 
@@ -349,7 +356,7 @@ class Forwarder:
                 if self.clock() + self.timeout + 1 > work.lease_until:
                     # Its lease would end mid-attempt (a slow destination): hand it back, due
                     # now, for a new claim with a new lease.
-                    self._add_result(store.Result(work.delivery.id, destination_id, False, None))
+                    self._add_result(_handed_back(work))
                     released = True
                     continue
                 self._in_flight[destination_id] += 1
@@ -389,8 +396,7 @@ class Forwarder:
             self._failing.add(destination_id)
             waiting = self._queued[destination_id]
             while waiting:
-                work = waiting.popleft()
-                self._add_result(store.Result(work.delivery.id, destination_id, False, None))
+                self._add_result(_handed_back(waiting.popleft()))
             self._more_in_db.discard(destination_id)
         self._launch()
         if self._wake is not None and self._runs_short():
@@ -442,7 +448,12 @@ class Forwarder:
             # Cannot happen while the inbox purge keeps bodies with pending deliveries; if it
             # does (a body deleted by hand), say so and stop retrying.
             return store.Result(
-                delivery.id, destination_id, False, None, "the raw body is no longer stored"
+                delivery.id,
+                destination_id,
+                False,
+                None,
+                "the raw body is no longer stored",
+                lease_until=work.lease_until,
             )
         retry_after: float | None = None
         try:
@@ -479,4 +490,6 @@ class Forwarder:
                 delivery.attempts + 1,
                 error,
             )
-        return store.Result(delivery.id, destination_id, False, next_at, error)
+        return store.Result(
+            delivery.id, destination_id, False, next_at, error, lease_until=work.lease_until
+        )

@@ -18,7 +18,20 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
@@ -108,6 +121,11 @@ class Result:
     """For a failure: when to try again; None: give up (dead letter)."""
     error: str | None = None
     """None on a failure: not attempted, handed back (due now, no attempt counted)."""
+    lease_until: int | None = None
+    """The lease the attempt was made under (the row's `next_attempt_at` while claimed). A
+    failure or a hand-back is recorded only while the row still holds that lease: once it has
+    run out and another process has claimed the row, making it due again (or dead) would let a
+    third claim post the body while that process is posting it. None: unconditionally."""
 
     @property
     def released(self) -> bool:
@@ -341,9 +359,9 @@ def record_results(conn: Connection, results: Sequence[Result], now: int) -> Non
     if released:
         conn.execute(
             update(_q)
-            .where(_q.c.id == bindparam("row_id"), _q.c.state == PENDING)
+            .where(_q.c.id == bindparam("row_id"), _q.c.state == PENDING, _still_leased())
             .values(next_attempt_at=now),
-            [{"row_id": r.id} for r in released],
+            [{"row_id": r.id, "lease": r.lease_until} for r in released],
         )
     if delivered:
         conn.execute(
@@ -355,7 +373,7 @@ def record_results(conn: Connection, results: Sequence[Result], now: int) -> Non
     if failed:
         conn.execute(
             update(_q)
-            .where(_q.c.id == bindparam("row_id"), _q.c.state == PENDING)
+            .where(_q.c.id == bindparam("row_id"), _q.c.state == PENDING, _still_leased())
             .values(
                 state=bindparam("new_state"),
                 next_attempt_at=bindparam("next_at"),
@@ -366,6 +384,7 @@ def record_results(conn: Connection, results: Sequence[Result], now: int) -> Non
             [
                 {
                     "row_id": r.id,
+                    "lease": r.lease_until,
                     "new_state": PENDING if r.next_attempt_at is not None else DEAD,
                     "next_at": r.next_attempt_at if r.next_attempt_at is not None else now,
                     "dead": None if r.next_attempt_at is not None else now,
@@ -375,6 +394,13 @@ def record_results(conn: Connection, results: Sequence[Result], now: int) -> Non
             ],
         )
     _update_totals(conn, delivered, failed, now)
+
+
+def _still_leased() -> ColumnElement[bool]:
+    """The row still holds the lease of the result (bound as `lease`; NULL: no condition).
+    A delivered outcome needs no such condition: the body did arrive, whoever holds the row."""
+    lease = cast(bindparam("lease"), Integer)  # typed: PostgreSQL cannot infer `$n IS NULL`
+    return or_(lease.is_(None), _q.c.next_attempt_at == lease)
 
 
 def _update_totals(
