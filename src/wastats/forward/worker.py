@@ -50,6 +50,12 @@ from wastats.store.db import Database
 
 log = logging.getLogger(__name__)
 
+OUTCOME_MARGIN = 3
+"""Seconds of lease an attempt must have left after its longest possible run, for its outcome
+to be written (batched every quarter second, later on a busy machine) before the lease ends:
+with 1 s, a loaded machine sometimes let another process claim a delivered body and post it
+again (a duplicate seen in tests/test_forwarding_procs.py)."""
+
 FLUSH_SECONDS = 0.25
 """Outcomes wait at most this long to be written (in one transaction with the others)."""
 FLUSH_COUNT = 256
@@ -157,7 +163,7 @@ class Forwarder:
         self._rng = random.Random(seed)
         # A process that dies mid-attempt leaves its claims to others after this long: longer
         # than any attempt (bounded by `timeout`) plus the flush that records its outcome.
-        self.lease_seconds = math.ceil(timeout) * 2 + 5
+        self.lease_seconds = math.ceil(timeout) * 2 + OUTCOME_MARGIN + 2
         self.prefetch = concurrency * 8
         """Deliveries of one destination claimed from the database at once."""
         self.max_held = concurrency * 64
@@ -353,9 +359,10 @@ class Forwarder:
         for destination_id, waiting in self._queued.items():
             while waiting and self._in_flight[destination_id] < self.concurrency:
                 work = waiting.popleft()
-                if self.clock() + self.timeout + 1 > work.lease_until:
-                    # Its lease would end mid-attempt (a slow destination): hand it back, due
-                    # now, for a new claim with a new lease.
+                if self.clock() + self.timeout + OUTCOME_MARGIN > work.lease_until:
+                    # Its lease would end mid-attempt or before the outcome is written (a slow
+                    # destination, a busy machine): hand it back, due now, for a new claim with
+                    # a new lease, rather than risk another process posting it again.
                     self._add_result(_handed_back(work))
                     released = True
                     continue
