@@ -49,9 +49,13 @@ def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Pop
            "WASTATS_LOG_FORMAT": "text", "PYTHONPATH": str(HERE)}  # fmt: skip
     wastats = Path(sys.executable).with_name("wastats")
     subprocess.run([str(wastats), "db", "upgrade"], env=env, check=True, capture_output=True)
+    # As `wastats serve` runs uvicorn (cli/main.py): no access log of uvicorn's, no `Server`
+    # header, and no proxy-headers middleware of uvicorn's around the app (the app applies
+    # X-Forwarded-For itself). The loop and HTTP parser are uvicorn's "auto" in both: uvloop and
+    # httptools, which the project's dependencies install.
     command = [sys.executable, "-m", "uvicorn", "bare_app:create", "--factory", "--host",
                "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
-               "--log-level", "warning"]  # fmt: skip
+               "--no-proxy-headers", "--no-server-header", "--log-level", "warning"]  # fmt: skip
     pin = _pin("0") if workers == 1 else []
     process = subprocess.Popen(pin + command, env=env, cwd=HERE, stdout=log.open("wb"),
                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

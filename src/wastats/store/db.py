@@ -159,10 +159,13 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get("wastats_write"):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    # On the driver's connection, not through `exec_driver_sql`: SQLAlchemy's handling of a
+    # statement cost more than SQLite's BEGIN itself, once per transaction, and every webhook
+    # waits for a write transaction (the inbox writer's commit).
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    write = conn.get_execution_options().get("wastats_write")
+    driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def create_private_file(path: Path) -> None:

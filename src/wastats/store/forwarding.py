@@ -240,7 +240,15 @@ def sync_configured(conn: Connection, urls: Sequence[str], now: int) -> None:
 
 def targets(conn: Connection) -> list[Target]:
     """Every destination, paused ones included (a paused destination keeps its queue and gets
-    it on resume), with a number scope resolved to the number's phone-number id."""
+    it on resume), with a number scope resolved to the number's phone-number id.
+
+    Read in the inbox writer's transaction of every webhook commit, so always current (a
+    destination the CLI adds in another process applies to the next commit): on SQLite straight
+    on the driver's cursor, where SQLAlchemy's statement handling cost 15 times SQLite's own
+    query (measured: 124 against 8 us; a cache's version check, `PRAGMA data_version`, costs
+    7 us, so the query is its own check)."""
+    if conn.dialect.name == "sqlite":
+        return _targets_sqlite(conn)
     rows = conn.execute(
         select(
             _d.c.id,
@@ -258,6 +266,22 @@ def targets(conn: Connection) -> list[Target]:
         )
         .order_by(_d.c.id)
     )
+    return [Target(int(r[0]), r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+
+_TARGETS_SQLITE = (
+    f"SELECT d.id, d.scope, d.scope_value, n.phone_number_id, d.url, d.paused "
+    f"FROM {_d.name} AS d LEFT OUTER JOIN {business_numbers.name} AS n "
+    f"ON d.scope = '{NUMBER}' AND n.whatsapp = d.scope_value ORDER BY d.id"
+)
+
+
+def _targets_sqlite(conn: Connection) -> list[Target]:
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        rows = cursor.execute(_TARGETS_SQLITE).fetchall()
+    finally:
+        cursor.close()
     return [Target(int(r[0]), r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
 
 
