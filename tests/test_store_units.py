@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from test_counting_rules import ZONES as CALENDAR_ZONES
 from wastats.counting.calendar import month_bounds, month_of
 from wastats.counting.model import Bucket, CountedUnit, Era, StatusFact, UnitKind
 from wastats.store import counts as counts_repo
@@ -198,19 +199,8 @@ def test_write_replaces_and_deletes_units(database_url: str, home: str) -> None:
         db.dispose()
 
 
-_ROLLUP_ZONES = tuple(
-    ZoneInfo(name)
-    for name in (
-        "UTC",
-        "Asia/Jerusalem",
-        "America/New_York",
-        "America/Asuncion",
-        "Australia/Lord_Howe",
-        "Asia/Kathmandu",
-        "Pacific/Apia",
-        "Africa/Monrovia",  # -0:44:30 until 1972: months that start off the quarter hour
-    )
-)
+# The calendar tests' zones, and one whose months began off the quarter hour (-0:44:30 until 1972).
+_ROLLUP_ZONES = (*CALENDAR_ZONES, ZoneInfo("Africa/Monrovia"))
 
 
 @settings(deadline=None)
