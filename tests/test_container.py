@@ -308,7 +308,8 @@ def test_walkthrough_on_postgres_survives_a_database_restart(stack: Stack) -> No
 
         # PostgreSQL restarts under the running service. (The service may have been restarted
         # once already, at the start: podman-compose 1.0 does not wait for the database's
-        # health before starting it, and `serve` exits when it cannot reach it.)
+        # health before starting it, and `serve` exits when it cannot reach it within
+        # DATABASE_WAIT_SECONDS.)
         restarts = _restarts(stack)
         restarted = podman("restart", stack.container("db"), timeout=120.0)
         assert restarted.returncode == 0, restarted.stderr

@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -573,3 +576,35 @@ def test_sqlite_commits_reach_the_disk_before_they_return(tmp_path: Path) -> Non
                 assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     finally:
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_start_waits_for_a_database_that_is_not_there_yet(
+    pg_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In compose the database may be a moment behind the service (its name not resolving yet):
+    # the start keeps trying for a while instead of exiting at the first refusal.
+    name = f"late_{uuid.uuid4().hex[:12]}"
+    app = create_app(make_settings(pg_cluster.url(name)), clock=FakeClock())
+    answers: list[int] = []
+
+    def start() -> None:
+        with TestClient(app) as client:
+            answers.append(client.get("/healthz").status_code)
+
+    caplog.set_level(logging.WARNING, "wastats")
+    starting = threading.Thread(target=start)
+    starting.start()
+    deadline = time.monotonic() + 30
+    while not any("cannot be reached yet" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no 'waiting for the database' warning"
+        assert starting.is_alive(), "the start gave up at once"
+        starting.join(0.05)
+    with psycopg.connect(pg_cluster.url().replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE wastats_template')
+    try:
+        starting.join(30)
+        assert not starting.is_alive()
+        assert answers == [200]
+    finally:
+        drop_postgres_database(pg_cluster, name)

@@ -4,6 +4,7 @@ the database engine and everything else, so tests build as many independent apps
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -46,7 +47,7 @@ from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
 from wastats.meta.sync import SyncRunner
 from wastats.settings import Settings, load_settings
-from wastats.store.db import Database
+from wastats.store.db import DATABASE_WAIT_SECONDS, Database
 from wastats.store.migrate import check_schema_current
 
 log = logging.getLogger("wastats")
@@ -104,7 +105,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Refuse to serve on an old schema rather than fail request by request.
-        await ctx.run(check_schema_current, db)
+        await _check_schema_waiting(ctx, db)
         for problem_ in health.configuration_problems(ctx):
             log.warning("configuration: %s", problem_)
         await ctx.run(forwarding.start)
@@ -172,6 +173,25 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     proxied = ProxyHeadersMiddleware(cast(Any, endpoint), trusted_hosts=trusted)
     app.webhook = cast(ASGIApp, proxied)
     return app
+
+
+async def _check_schema_waiting(ctx: AppContext, db: Database) -> None:
+    deadline = time.monotonic() + (0.0 if ctx.settings.is_sqlite else DATABASE_WAIT_SECONDS)
+    waiting = False
+    while True:
+        try:
+            await ctx.run(check_schema_current, db)
+            return
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+                log.warning("the database cannot be reached yet (%s): trying again for up to "
+                            "%.0f s", reason, DATABASE_WAIT_SECONDS)  # fmt: skip
+                waiting = True
+            # A retry a second, as `wastats db upgrade --wait`: a database starts in seconds.
+            await asyncio.sleep(1)
 
 
 def _counter(

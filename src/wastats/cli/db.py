@@ -37,30 +37,33 @@ def upgrade(
 ) -> None:
     """Create the database, or apply pending migrations (Alembic). Safe to run from several
     processes at once."""
-    s = settings()
+    before, after = upgrade_waiting(settings().database_url, wait)
+    if before == after:
+        console.print(f"The schema is up to date ({after}).")
+    else:
+        console.print(f"Upgraded the schema from {before or 'empty'} to {after}.")
+
+
+def upgrade_waiting(url: str, wait: float) -> tuple[str | None, str | None]:
+    """`migrate.upgrade`, trying again for `wait` seconds while the database cannot be reached
+    (it may still be starting); then the one-line "cannot reach" error and exit 1."""
     deadline = time.monotonic() + wait
     waiting = False
     while True:
         try:
-            before, after = migrate.upgrade(s.database_url)
-            break
+            return migrate.upgrade(url)
         except OperationalError as exc:
             if time.monotonic() >= deadline:
-                unreachable(s.database_url, exc)
+                unreachable(url, exc)
             if not waiting:
                 errors.print(
-                    f"Waiting for the database at {shown_url(s.database_url)} "
-                    f"({first_line(exc.orig)})",
+                    f"Waiting for the database at {shown_url(url)} ({first_line(exc.orig)})",
                     highlight=False,
                     soft_wrap=True,
                 )
                 waiting = True
             # A retry a second: a starting PostgreSQL needs seconds, not milliseconds.
             time.sleep(1)
-    if before == after:
-        console.print(f"The schema is up to date ({after}).")
-    else:
-        console.print(f"Upgraded the schema from {before or 'empty'} to {after}.")
 
 
 @app.command("distribute")

@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 import uvicorn
-from sqlalchemy.exc import OperationalError
 
 from wastats import __version__
 from wastats.cli import accounts, db, forward, ingest, meta, numbers, reconcile, security, stats
-from wastats.cli.common import ReadableGroup, console, errors, fail, settings, unreachable
+from wastats.cli.common import ReadableGroup, console, errors, fail, settings
+from wastats.cli.db import upgrade_waiting
 from wastats.ingest.identity import SecretKeyMissing, load_secret_key
 from wastats.logs import configure_logging
-from wastats.store import migrate
+from wastats.store.db import DATABASE_WAIT_SECONDS
 
 app = typer.Typer(
     name="wastats",
@@ -96,10 +96,9 @@ def serve(
         load_secret_key(s)
     except SecretKeyMissing as exc:
         fail(str(exc))
-    try:
-        before, after = migrate.upgrade(s.database_url)
-    except OperationalError as exc:
-        unreachable(s.database_url, exc)
+    # On PostgreSQL the database may be a moment behind (compose, a host's boot): wait for it
+    # as the app's own start does (DATABASE_WAIT_SECONDS) rather than exit at once.
+    before, after = upgrade_waiting(s.database_url, 0 if s.is_sqlite else DATABASE_WAIT_SECONDS)
     if before != after:
         console.print(f"Database schema: {before or 'empty'} → {after}")
     console.print(f"wastats {__version__} on http://{host}:{port} (docs at /docs)")

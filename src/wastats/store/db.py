@@ -25,6 +25,13 @@ from sqlalchemy.pool import NullPool
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
+DATABASE_WAIT_SECONDS = 30.0
+"""How long a start on PostgreSQL keeps trying while the database cannot be reached. In compose
+or on a restarting host the database may be a moment behind (a container's name not resolving
+yet was seen in the container tests, seconds after `serve` had migrated through it): waiting is
+what a service manager would otherwise do by restarting us. SQLite is a local file: no wait."""
+
+
 class Database:
     """One engine per process; stateless apart from its connection pool."""
 
