@@ -47,7 +47,7 @@ from wastats.ingest.service import IngestService
 from wastats.logs import configure_logging
 from wastats.meta.sync import SyncRunner
 from wastats.settings import Settings, load_settings
-from wastats.store.db import DATABASE_WAIT_SECONDS, Database
+from wastats.store.db import DATABASE_WAIT_SECONDS, Database, first_line
 from wastats.store.migrate import check_schema_current
 
 log = logging.getLogger("wastats")
@@ -186,9 +186,8 @@ async def _check_schema_waiting(ctx: AppContext, db: Database) -> None:
             if time.monotonic() >= deadline:
                 raise
             if not waiting:
-                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
                 log.warning("the database cannot be reached yet (%s): trying again for up to "
-                            "%.0f s", reason, DATABASE_WAIT_SECONDS)  # fmt: skip
+                            "%.0f s", first_line(exc.orig), DATABASE_WAIT_SECONDS)  # fmt: skip
                 waiting = True
             # A retry a second, as `wastats db upgrade --wait`: a database starts in seconds.
             await asyncio.sleep(1)

@@ -19,7 +19,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from wastats.domain.errors import DomainError, InvalidInput
 from wastats.settings import ConfigurationError, Settings, load_settings
-from wastats.store.db import Database
+from wastats.store.db import Database, first_line
 from wastats.store.migrate import (
     SchemaOutOfDate,
     check_schema_current,
@@ -50,11 +50,6 @@ def now() -> int:
 def shown_url(url: str) -> str:
     """A database URL fit to print: its password, if any, replaced by `***`."""
     return make_url(url).render_as_string(hide_password=True)
-
-
-def first_line(error: BaseException | None) -> str:
-    text = str(error).strip() if error is not None else ""
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def unreachable(url: str, exc: DatabaseError) -> NoReturn:

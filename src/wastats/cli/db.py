@@ -12,13 +12,13 @@ from wastats.cli.common import (
     console,
     errors,
     fail,
-    first_line,
     open_database,
     settings,
     shown_url,
     unreachable,
 )
 from wastats.store import citus, migrate
+from wastats.store.db import first_line
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 

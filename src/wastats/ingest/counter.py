@@ -47,10 +47,10 @@ _COUNTERS = ("processed_bodies", "rejected_bodies", "statuses", "inbound", "proc
 maximum, sent as such."""
 
 BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
 
 _GATHER_NAP = 0.025
 """The child's sleep between reads while it gathers a batch window (`_Child._gather`)."""
-BACKOFF_MAX = 30.0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,13 @@ yet was seen in the container tests, seconds after `serve` had migrated through 
 what a service manager would otherwise do by restarting us. SQLite is a local file: no wait."""
 
 
+def first_line(error: BaseException | None) -> str:
+    """What a database error says, in one line fit for a log or a terminal (the driver's
+    messages run to several, with hints and context)."""
+    text = str(error).strip() if error is not None else ""
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class Database:
     """One engine per process; stateless apart from its connection pool."""
 
