@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fastapi.testclient import TestClient
@@ -127,14 +127,21 @@ TEST_SEALER = BodySealer([SECRET_KEY.encode()])
 """The sealer of an app built from the test settings (no WASTATS_BODY_KEYS: the secret key)."""
 
 
+def store_bodies(
+    conn: Connection, raws: Sequence[bytes], *, now: int, source: str = "webhook"
+) -> dict[str, int]:
+    """Raw bodies into the inbox, sealed as the app seals them: the new ones' ids by SHA-256."""
+    return inbox_repo.insert_bodies(
+        conn,
+        [inbox_repo.NewBody(hashlib.sha256(r).hexdigest(), r, source, now) for r in raws],
+        TEST_SEALER,
+    )
+
+
 def count_batch(conn: Connection, pipeline: Pipeline, batch: list[bytes], *, draft: bool) -> None:
     """Record raw bodies in the inbox and count the new ones in one step, as `wastats import`
     counts a chunk (`draft`: prepared as it does, each message as if new)."""
-    new = inbox_repo.insert_bodies(
-        conn,
-        [inbox_repo.NewBody(hashlib.sha256(b).hexdigest(), b, "import", 0) for b in batch],
-        TEST_SEALER,
-    )
+    new = store_bodies(conn, batch, now=0, source="import")
     by_sha = {hashlib.sha256(b).hexdigest(): b for b in batch}
     prepared = pipeline.prepare([by_sha[sha] for sha in new], draft=draft)
     pipeline.store(conn, prepared, list(new.values()), 0)

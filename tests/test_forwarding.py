@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from conftest import APP_SECRET, FIXTURES, VERIFY_TOKEN, FakeClock, make_settings
 from forward_servers import Destination
-from helpers import TEST_SEALER, add_number, create_tenant
+from helpers import TEST_SEALER, add_number, create_tenant, store_bodies
 from wastats.app import create_app
 from wastats.cli import app as cli
 from wastats.forward.match import AcceptedBody, ForwardQueue, Handoff, addresses
@@ -786,19 +786,7 @@ def test_each_queued_delivery_is_either_handed_over_leased_or_left_due_for_any_p
             taker = RecordingTaker(running, wanted, lease)
             queue.attach(taker)
             with db.write() as conn:
-                new = inbox_repo.insert_bodies(
-                    conn,
-                    [
-                        inbox_repo.NewBody(
-                            sha256=hashlib.sha256(r).hexdigest(),
-                            body=r,
-                            source="webhook",
-                            received_at=now,
-                        )  # fmt: skip
-                        for r in raws
-                    ],
-                    TEST_SEALER,
-                )
+                new = store_bodies(conn, raws, now=now)
                 by_sha = {hashlib.sha256(r).hexdigest(): r for r in raws}
                 raw_of = {i: by_sha[sha] for sha, i in new.items()}
                 queued = queue.enqueue(
@@ -844,18 +832,7 @@ def test_an_outcome_written_after_its_lease_ran_out_does_not_free_another_proces
                 source=store.FROM_CLI, now=now,
             )  # fmt: skip
             assert destination is not None
-            new = inbox_repo.insert_bodies(
-                conn,
-                [
-                    inbox_repo.NewBody(
-                        sha256=hashlib.sha256(raw).hexdigest(),
-                        body=raw,
-                        source="webhook",
-                        received_at=now,
-                    )
-                ],  # fmt: skip
-                TEST_SEALER,
-            )
+            new = store_bodies(conn, [raw], now=now)
             (inbox_id,) = new.values()
             store.enqueue(conn, [store.NewDelivery(inbox_id, destination, ())], now)
 
