@@ -42,6 +42,16 @@ def _check_fresh_upgrade(url: str) -> None:
     }
 
 
+def test_head_revision_is_alembics() -> None:
+    """`head_revision` reads the scripts' revision lines itself (not to load Alembic in every
+    process): it must name the head Alembic finds."""
+    from alembic.script import ScriptDirectory
+
+    from wastats.store.migrate import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def test_upgrade_from_empty_sqlite(tmp_path: Path) -> None:
     _check_fresh_upgrade(f"sqlite:///{tmp_path / 'fresh.db'}")
 

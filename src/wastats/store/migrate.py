@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from wastats.store.db import Database, create_migration_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only to migrate (`upgrade` with something to do, `alembic_config`): its
+# package loads every dialect's DDL support, 0.13 s of CPU, which every server start and every
+# CLI command paid just to read two revision strings (`check_schema_current`).
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,22 +25,50 @@ _PG_MIGRATION_LOCK = 7_420_113_901
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
 
+_REVISION = re.compile(
+    r"^(down_revision|revision)(?:\s*:[^=\n]*)?\s*=\s*(?:None|[\"']([^\"'\n]+)[\"'])\s*$", re.M
+)
+"""`revision = "0011"`, `down_revision: str | None = "0010"`, `down_revision = None`."""
+
+
 @functools.cache
 def head_revision() -> str | None:
-    """The newest migration this wastats ships. Cached: finding it loads every revision script
-    (tens of milliseconds), and the scripts are part of the installed package, fixed for the
-    life of the process; every app start and CLI command asks."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The newest migration this wastats ships: the one revision no other script revises, read
+    from the scripts' `revision` and `down_revision` lines (tests/test_migrations.py checks it
+    against Alembic's own answer). Cached: the scripts are part of the installed package, fixed
+    for the life of the process; every app start and CLI command asks."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        found = {m.group(1): m.group(2) for m in _REVISION.finditer(script.read_text())}
+        if "revision" not in found:
+            raise RuntimeError(f"{script.name}: no `revision = ...` line")
+        revisions.add(str(found["revision"]))
+        if found.get("down_revision"):
+            revised.add(str(found["down_revision"]))
+    heads = revisions - revised
+    if len(heads) > 1:
+        raise RuntimeError(f"several migration heads: {sorted(heads)}")
+    return heads.pop() if heads else None
 
 
 def current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The database's revision, as Alembic records it (None: no `alembic_version` table, or an
+    empty one: nothing migrated yet)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    if len(rows) > 1:
+        raise RuntimeError(f"the database records several revisions: {[r[0] for r in rows]}")
+    return str(rows[0][0]) if rows else None
 
 
 def upgrade(url: str) -> tuple[str | None, str | None]:
@@ -52,6 +85,10 @@ def upgrade(url: str) -> tuple[str | None, str | None]:
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
                 )
             before = current_revision(connection)
+            if before is not None and before == head_revision():
+                return before, before  # nothing to do: no need to load Alembic
+            from alembic import command
+
             command.upgrade(alembic_config(connection), "head")
             after = current_revision(connection)
         return before, after
