@@ -255,12 +255,10 @@ def _readline(sock: socket.socket) -> bytes:
 
 def _configure_logging(config: CounterConfig) -> None:
     from wastats.logs import configure_logging
-    from wastats.settings import Settings
 
-    # Only the two logging fields are read; nothing else of the environment is needed.
-    configure_logging(
-        Settings.model_construct(log_level=config.log_level, log_format=config.log_format)
-    )
+    # The parent's two logging fields, from the configuration it sent: nothing of the
+    # environment is read, and pydantic (Settings) is not loaded.
+    configure_logging(config)
 
 
 def _tune_gc() -> None:

@@ -16,11 +16,14 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import phonenumbers
 
 from wastats.sealing import BodySealer
-from wastats.settings import Settings
+
+if TYPE_CHECKING:
+    from wastats.settings import Settings
 
 log = logging.getLogger(__name__)
 
