@@ -3,7 +3,8 @@
 Every test that takes `database_url` (directly or through `settings`, `app`, `client`) runs twice:
 once on a new SQLite file and once on a new PostgreSQL database in a throwaway cluster started
 from the installed binaries. Both are copies of a template migrated once per session, so a fresh
-database costs milliseconds. Without PostgreSQL binaries the PostgreSQL half skips with the
+database costs milliseconds; a PostgreSQL one is emptied and handed to the worker's next test
+(`PostgresPool`) rather than dropped. Without PostgreSQL binaries the PostgreSQL half skips with the
 reason, unless WASTATS_REQUIRE_POSTGRES=1 (set by .ci/run), which turns the skip into a failure.
 WASTATS_REQUIRE_PODMAN=1 does the same for the container tests (tests/test_container.py).
 """
