@@ -12,6 +12,7 @@ statuses interleave as they do in real traffic.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import random
 from collections.abc import Iterator
@@ -77,6 +78,57 @@ def bodies(
         if inbound:
             value["messages"] = inbound
             value["contacts"] = [{"wa_id": m["from"], "profile": {"name": "C"}} for m in inbound]
+        yield {"object": "whatsapp_business_account",
+               "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
+                                                                "value": value}]}]}  # fmt: skip
+
+
+def single_status_bodies(
+    count: int, *, numbers: int = 10, customers: int = 50_000, seed: int = 7
+) -> Iterator[dict[str, Any]]:
+    """`count` bodies of exactly one status update each, in the order Meta would send them.
+
+    A low-volume number gets one POST per status update. `bodies(per_body=1)` cannot give that:
+    it keeps a message's updates together, so its bodies carry 2.7 updates on average. Here a
+    message is sent every second or so, its `delivered` follows 1 to 30 s later and its `read`
+    (for 70%) 30 s to 2 h later, and the updates leave in timestamp order, so those of
+    different messages interleave as they do on the wire.
+    """
+    rng = random.Random(seed)
+    pending: list[tuple[int, int, dict[str, Any]]] = []  # (timestamp, tie-break, value)
+    tie = 0
+    message = 0
+    clock = START
+    produced = 0
+    while produced < count:
+        # Keep the heap ahead of the clock by more than the latest `read` (2 h), so nothing
+        # older can still be added once an update leaves it.
+        while not pending or pending[0][0] + 7200 > clock:
+            message += 1
+            clock += rng.randrange(1, 3)
+            number = rng.randrange(numbers)
+            customer = f"9725{rng.randrange(customers):08d}"
+            category = rng.choice(CATEGORIES)
+            kind = "regular" if rng.random() < 0.9 else "free_customer_service"
+            wamid = f"wamid.HBgL{message:012d}{number:04d}"
+            pricing = {"billable": kind == "regular", "pricing_model": "PMP",
+                       "type": kind, "category": category}  # fmt: skip
+            steps = [("sent", clock), ("delivered", clock + rng.randrange(1, 30))]
+            if rng.random() < 0.7:
+                steps.append(("read", clock + rng.randrange(30, 7200)))
+            for status, ts in steps:
+                entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(ts),
+                                         "recipient_id": customer}  # fmt: skip
+                if status != "read":
+                    entry["pricing"] = pricing
+                value = {"messaging_product": "whatsapp",
+                         "metadata": {"display_phone_number": f"97230000{number:04d}",
+                                      "phone_number_id": phone_number_id(number)},
+                         "statuses": [entry]}  # fmt: skip
+                tie += 1
+                heapq.heappush(pending, (ts, tie, value))
+        _, _, value = heapq.heappop(pending)
+        produced += 1
         yield {"object": "whatsapp_business_account",
                "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
                                                                 "value": value}]}]}  # fmt: skip
