@@ -12,6 +12,7 @@ the counting child inherits the server's pinning to core 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,7 +128,37 @@ def drain_seconds(
     return float("inf")
 
 
+def process_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server process and by each of its child
+    processes (the counting child), read from /proc: what a request costs each of them is the
+    difference over a run divided by its requests."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    used = {"server": seconds(f"/proc/{pid}/stat")}
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        with contextlib.suppress(OSError):
+            used[f"child {child}"] = seconds(f"/proc/{child}/stat")
+    return used
+
+
+def cpu_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """Microseconds of CPU per request, per process (a process started during the run counts
+    from zero)."""
+    return {name: round((used - before.get(name, 0.0)) / max(requests, 1) * 1e6, 1)
+            for name, used in after.items()}  # fmt: skip
+
+
 def bench(url: str, work: Path, *, per_body: int, seconds: int, workers: int = 1) -> dict[str, Any]:
+    """The raw app runs before and after the webhook, and the webhook's ratio is taken to the
+    higher of its two rates: on a shared machine the speed drifts within a minute, and a raw
+    rate measured only before could flatter or wrong the webhook by as much as the drift."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is needed for the HTTP benchmark: apt-get install wrk")
     port = 18000 + per_body + workers
@@ -137,25 +168,34 @@ def bench(url: str, work: Path, *, per_body: int, seconds: int, workers: int = 1
         files[name] = work / f"{name}-{per_body}.tsv"
         write_bodies(files[name], int(expected_rps * (seconds + 2) * 1.5), per_body, seed)
     server = start_server(url, port, workers, work / f"server-{per_body}-{workers}.log")
+    base = f"http://127.0.0.1:{port}"
     try:
-        run_wrk(f"http://127.0.0.1:{port}/webhooks/whatsapp", files["warmup"], 2)
+        run_wrk(f"{base}/webhooks/whatsapp", files["warmup"], 2)
         drain_seconds(port)
-        raw = run_wrk(f"http://127.0.0.1:{port}/bench/raw", files["raw"], seconds)
-        bare = run_wrk(f"http://127.0.0.1:{port}/bench/bare", files["bare"], seconds)
-        hook = run_wrk(f"http://127.0.0.1:{port}/webhooks/whatsapp", files["webhook"], seconds)
+        raw = run_wrk(f"{base}/bench/raw", files["raw"], seconds)
+        bare = run_wrk(f"{base}/bench/bare", files["bare"], seconds)
+        cpu_before = process_cpu(server.pid) if workers == 1 else {}
+        hook = run_wrk(f"{base}/webhooks/whatsapp", files["webhook"], seconds)
         drain = drain_seconds(port)
+        cpu_after = process_cpu(server.pid) if workers == 1 else {}
+        raw_after = run_wrk(f"{base}/bench/raw", files["raw"], seconds)
     finally:
         stop_server(server)
     accepted = hook["requests_per_second"] * per_body
+    raw_rate = max(raw["requests_per_second"], raw_after["requests_per_second"])
     return {
         "statuses_per_body": per_body,
         "workers": workers,
         "raw": raw,
+        "raw_after": raw_after,
         "bare": bare,
         "webhook": hook,
-        "ratio_to_raw": round(hook["requests_per_second"] / raw["requests_per_second"], 3),
+        "ratio_to_raw": round(hook["requests_per_second"] / raw_rate, 3),
         "ratio_to_bare": round(hook["requests_per_second"] / bare["requests_per_second"], 3),
         "statuses_accepted_per_second": round(accepted),
         "drain_seconds_after_run": round(drain, 2),
         "statuses_counted_per_second": round(hook["requests"] * per_body / (seconds + drain)),
+        # One worker: the server process (event loop, inbox writer) and its counting child,
+        # over the webhook run and its drain.
+        "cpu_us_per_request": cpu_per_request(cpu_before, cpu_after, hook["requests"]),
     }
