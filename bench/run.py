@@ -174,7 +174,16 @@ def http_targets(results: dict[str, Any]) -> str:
          hundred["statuses_accepted_per_second"] >= 60_000),
         (f"drain {drain:.2f}s <= 2s", drain <= 2.0),
     ]  # fmt: skip
-    return "targets (SQLite): " + "; ".join(f"{t} {'MET' if ok else 'MISSED'}" for t, ok in checks)
+    cpu = "; ".join(
+        f"{n} per POST: "
+        + ", ".join(f"{who.split()[0]} {us:,.0f}" for who, us in run["cpu_us_per_request"].items())
+        for n, run in (("1", one), ("100", hundred))
+    )
+    return (
+        "targets (SQLite): "
+        + "; ".join(f"{t} {'MET' if ok else 'MISSED'}" for t, ok in checks)
+        + f"\nCPU per request, us (server, counting child): {cpu}"
+    )
 
 
 def run_http(work: Path, quick: bool, postgres: bool = True) -> dict[str, Any]:
