@@ -101,9 +101,9 @@ def single_status_bodies(
     clock = START
     produced = 0
     while produced < count:
-        # Keep the heap ahead of the clock by more than the latest `read` (2 h), so nothing
-        # older can still be added once an update leaves it.
-        while not pending or pending[0][0] + 7200 > clock:
+        # New messages until the clock has passed the earliest pending update: every later
+        # message's updates come at or after the clock, so nothing earlier can still arrive.
+        while not pending or pending[0][0] >= clock:
             message += 1
             clock += rng.randrange(1, 3)
             number = rng.randrange(numbers)
