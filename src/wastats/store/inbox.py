@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func,
 
 from wastats.sealing import BodySealer, BodyUnreadable
 from wastats.store.schema import forward_deliveries, inbox
-from wastats.store.sql import IN_CHUNK, chunks, insert_for
+from wastats.store.sql import IN_CHUNK, chunks, insert_for, sqlite_cursor
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,7 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[_SealedBody]) -> di
     commit, and SQLAlchemy's parameter and result handling cost more than SQLite's own insert
     (measured: 450 against 300 us a commit of 6 bodies)."""
     inserted: dict[str, int] = {}
-    cursor = _driver_cursor(conn)
-    try:
+    with sqlite_cursor(conn) as cursor:
         for part in chunks(bodies, IN_CHUNK // 4):
             values = ", ".join([f"(?, ?, ?, ?, ?, '{PENDING}', 0)"] * len(part))
             cursor.execute(
@@ -127,8 +125,6 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[_SealedBody]) -> di
                 [x for b in part for x in (b.sha256, b.body, b.key_id, b.source, b.received_at)],
             )
             inserted.update((sha, int(id_)) for id_, sha in cursor.fetchall())
-    finally:
-        cursor.close()
     return inserted
 
 
@@ -226,23 +222,13 @@ def _sealed_rows_sqlite(
     """`load_bodies`' query on SQLite's own cursor: the counting child runs it for every body it
     counts, and SQLAlchemy's statement and row handling cost more than the query (measured with
     `bench/bench_count_ids.py --per-body 1`)."""
-    cursor = _driver_cursor(conn)
-    try:
-        cursor.execute(
+    with sqlite_cursor(conn) as cursor:
+        return cursor.execute(
             "SELECT id, body, body_key, body_sha256, state FROM inbox "
             f"WHERE id IN ({', '.join('?' * len(ids))}) "
             f"AND state IN ({', '.join('?' * len(states))}) AND body IS NOT NULL ORDER BY id",
             [*ids, *states],
-        )
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _driver_cursor(conn: Connection) -> sqlite3.Cursor:
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, sqlite3.Connection)
-    return driver.cursor()
+        ).fetchall()
 
 
 def _mark_unreadable(conn: Connection, outcomes: Sequence[Outcome]) -> None:
@@ -293,14 +279,11 @@ def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: int) -> 
     if conn.dialect.name == "sqlite":
         # On SQLite's own cursor: one row per counted body, in every counting transaction, and
         # SQLAlchemy's per-row parameter handling cost about as much as SQLite's update.
-        cursor = _driver_cursor(conn)
-        try:
+        with sqlite_cursor(conn) as cursor:
             cursor.executemany(
                 "UPDATE inbox SET state = ?, reason = ?, events = ?, processed_at = ? WHERE id = ?",
                 [(o.state, redact_reason(o.reason), o.events, now, o.id) for o in outcomes],
             )
-        finally:
-            cursor.close()
         return
     conn.execute(
         update(inbox)
