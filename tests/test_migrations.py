@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Connection, create_engine, inspect
 
 from conftest import drop_postgres_database
 from pgcluster import PostgresCluster
 from wastats.store.migrate import head_revision, upgrade
-from wastats.store.schema import metadata
+from wastats.store.schema import emitted_on, metadata
 
 
 def _check_fresh_upgrade(url: str) -> None:
@@ -25,7 +25,11 @@ def _check_fresh_upgrade(url: str) -> None:
     try:
         with engine.connect() as conn:
             diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+                MigrationContext.configure(
+                    conn,
+                    opts={"compare_type": True, "include_object": emitted_on(conn.dialect.name)},
+                ),
+                metadata,
             )
             tables = set(inspect(conn).get_table_names())
             # Alembic's comparison does not look at primary keys: compare them here.
@@ -368,3 +372,75 @@ def test_hardening_migrates_and_back_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_hardening_migrates_and_back_postgresql(pg_cluster: PostgresCluster) -> None:
     _on_empty_postgres_database(pg_cluster, "migrate_0007", _migrate_hardening)
+
+
+# --- 0012: SQLite's inbox hash unique among pending rows and among settled rows ---------------
+
+
+def _inbox_indexes(conn: Connection) -> dict[str, str]:
+    from sqlalchemy import text
+
+    rows = conn.execute(
+        text("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbox'")
+    )
+    return {str(name): str(sql) for name, sql in rows}
+
+
+def test_inbox_hash_indexes_split_by_state_and_back_sqlite(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from wastats.store.migrate import alembic_config
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0011")
+            for n, state in enumerate(("pending", "processed", "rejected"), start=1):
+                conn.execute(
+                    text("INSERT INTO inbox (id, body_sha256, body, source, received_at, state, "
+                         "events) VALUES (:n, :sha, :b, 'webhook', 1, :state, 1)"),
+                    {"n": n, "sha": f"h{n}", "b": b"sealed", "state": state},
+                )  # fmt: skip
+            conn.execute(
+                text("INSERT INTO forward_destinations (id, url, scope, scope_value, source, "
+                     "paused, created_at, delivered_total, failed_attempts_total) VALUES "
+                     "(1, 'https://example.com/', 'all', '', 'webhook', 0, 1, 0, 0)"),
+            )  # fmt: skip
+            conn.execute(
+                text("INSERT INTO forward_deliveries (inbox_id, destination_id, headers, state, "
+                     "created_at, attempts, next_attempt_at) VALUES (2, 1, '[]', 'pending', "
+                     "1, 0, 1)"),
+            )  # fmt: skip
+            command.upgrade(alembic_config(conn), "0012")
+            # The rows, their ids and what points at them are kept through the table's copy.
+            kept = conn.execute(text("SELECT id, body_sha256, state FROM inbox ORDER BY id"))
+            assert [tuple(r) for r in kept] == [
+                (1, "h1", "pending"), (2, "h2", "processed"), (3, "h3", "rejected"),
+            ]  # fmt: skip
+            assert conn.execute(text("SELECT inbox_id FROM forward_deliveries")).all() == [(2,)]
+            indexes = _inbox_indexes(conn)
+            assert "uq_inbox_pending_sha256" in indexes
+            assert "WHERE state = 'pending'" in indexes["uq_inbox_pending_sha256"]
+            assert "WHERE state <> 'pending'" in indexes["uq_inbox_settled_sha256"]
+            # Each index is unique within its rows.
+            for state, sha in (("pending", "h1"), ("rejected", "h2")):
+                with pytest.raises(IntegrityError), conn.begin_nested():
+                    conn.execute(
+                        text("INSERT INTO inbox (body_sha256, source, received_at, state, "
+                             "events) VALUES (:sha, 'webhook', 1, :state, 0)"),
+                        {"sha": sha, "state": state},
+                    )  # fmt: skip
+
+            command.downgrade(alembic_config(conn), "0011")
+            assert not {"uq_inbox_pending_sha256", "uq_inbox_settled_sha256"} & set(
+                _inbox_indexes(conn)
+            )
+            unique = inspect(conn).get_unique_constraints("inbox")
+            assert [(u["name"], u["column_names"]) for u in unique] == [
+                ("uq_inbox_body_sha256", ["body_sha256"])
+            ]
+            assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 3
+    finally:
+        engine.dispose()

@@ -16,6 +16,9 @@ or business-scoped user id, and `country` the ISO region of their calling code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -29,9 +32,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
     text,
 )
+from sqlalchemy.schema import SchemaItem
 
 # Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
 metadata = MetaData(
@@ -42,6 +47,18 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+def emitted_on(dialect: str) -> Callable[[SchemaItem, str | None, str, bool, Any], bool]:
+    """Alembic's `include_object` for a database of `dialect`: leaves out the tables' indexes
+    and constraints made for another dialect only (`ddl_if`), which Alembic compares anyway."""
+
+    def include(item: SchemaItem, _name: str | None, _type: str, reflected: bool, _to: Any) -> bool:
+        ddl_if = getattr(item, "_ddl_if", None)
+        return reflected or ddl_if is None or ddl_if.dialect in (None, dialect)
+
+    return include
+
 
 # Autoincrementing 64-bit ids on PostgreSQL; SQLite only autoincrements INTEGER PRIMARY KEY.
 Id64 = BigInteger().with_variant(Integer(), "sqlite")
@@ -163,8 +180,8 @@ inbox = Table(
     metadata,
     Column("id", Id64, primary_key=True, autoincrement=True),
     # SHA-256 of the raw body: Meta's retries and re-imports of the same file are the same body,
-    # stored once.
-    Column("body_sha256", String(64), nullable=False, unique=True),
+    # stored once (the unique indexes below).
+    Column("body_sha256", String(64), nullable=False),
     # AES-256-GCM sealed (wastats.ingest.sealing), NULL once older than
     # WASTATS_RAW_RETENTION_DAYS. `body_key` names the key that sealed it (migration 0007);
     # NULL with a body: stored in clear by an older wastats, read as is.
@@ -178,6 +195,27 @@ inbox = Table(
     Column("processed_at", BigInteger),
     Index(None, "state"),
     Index(None, "received_at"),
+    # PostgreSQL: one unique index. SQLite: two, split by state (migration 0012), because a
+    # unique index on a hash puts every new row in a random page of a large index, and that
+    # page is written again by every commit: on the webhook's commit it was half of what
+    # storing a body cost the inbox writer (issue 13, measured). The pending rows' index is
+    # small, so the writer's commits touch few of its pages; a row enters the settled rows'
+    # index when counting marks it, in the counting child's larger transactions, off the
+    # webhook's path. The writer looks a new body up in the settled index before inserting it,
+    # in the same write transaction, so no hash is ever stored twice (`inbox.insert_bodies`).
+    UniqueConstraint("body_sha256").ddl_if(dialect="postgresql"),
+    Index(
+        "uq_inbox_pending_sha256",
+        "body_sha256",
+        unique=True,
+        sqlite_where=text("state = 'pending'"),
+    ).ddl_if(dialect="sqlite"),
+    Index(
+        "uq_inbox_settled_sha256",
+        "body_sha256",
+        unique=True,
+        sqlite_where=text("state <> 'pending'"),
+    ).ddl_if(dialect="sqlite"),
 )
 
 inbound_messages = Table(
