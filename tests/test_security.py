@@ -20,6 +20,9 @@ from conftest import SECRET_KEY, FakeClock, make_settings
 from helpers import TEST_SEALER, add_number, bearer, create_tenant, get_token
 from wastats.app import create_app
 from wastats.cli import app as cli
+from wastats.ingest.identity import CustomerHasher
+from wastats.ingest.pipeline import Pipeline
+from wastats.ingest.service import IngestService
 from wastats.sealing import BodySealer, BodyUnreadable
 from wastats.settings import Settings
 from wastats.store import inbox as inbox_repo
@@ -151,32 +154,33 @@ def test_rotation_new_key_seals_old_keys_still_open_for_replay(
 def test_a_pending_body_no_key_opens_is_rejected_with_the_reason_not_retried_forever(
     database_url: str, clock: FakeClock
 ) -> None:
-    settings = make_settings(database_url, body_keys="gone-body-secret-0123456789")
     raw = a_message()
-    db = Database(settings.database_url)
+    gone = BodySealer([b"gone-body-secret-0123456789"])
+    db = Database(database_url)
     try:
         with db.write() as conn:
             inbox_repo.insert_bodies(
-                conn,
-                [inbox_repo.NewBody(hashlib.sha256(raw).hexdigest(), raw, "webhook", 0)],
-                BodySealer([b"gone-body-secret-0123456789"]),
-            )
+                conn, [inbox_repo.NewBody(hashlib.sha256(raw).hexdigest(), raw, "webhook", 0)],
+                gone,
+            )  # fmt: skip
+        # The sweep the processor (or counting child) runs at start and every few seconds, on
+        # a service whose keys no longer include the one that sealed the body. Run here alone:
+        # a running service's own start-up sweep would hold the row meanwhile (PostgreSQL skips
+        # a row another transaction holds), and this test is about what a sweep does to it.
+        service = IngestService(
+            db, Pipeline(CustomerHasher(SECRET_KEY.encode())),
+            BodySealer([b"new-body-secret-0123456789"]), clock=clock,
+        )  # fmt: skip
+        service.sweep(older_than=0)
+        with db.read() as conn:
+            assert inbox_repo.pending_ids(conn, 10) == []  # the next sweep finds nothing to retry
     finally:
         db.dispose()
-    other = make_settings(database_url, body_keys="new-body-secret-0123456789")
-    app = create_app(other, clock=clock)
-    with TestClient(app) as client:
-        # What the processor does at start and every few seconds, here and now (the sweep is
-        # idempotent, so the processor thread doing it too changes nothing).
-        app.state.ctx.ingest.sweep(older_than=0)
-        assert client.get("/healthz").json()["inbox"] == {
-            "pending": 0,
-            "rejected": 1,
-            "processed": 0,
-        }
-    [(reason,)] = rows(other, "SELECT reason FROM inbox")
-    key_id = BodySealer([b"gone-body-secret-0123456789"]).key_id
-    assert reason == f"body sealed with key {key_id}, which is not configured (WASTATS_BODY_KEYS)"
+    [(state, reason)] = rows(make_settings(database_url), "SELECT state, reason FROM inbox")
+    assert state == "rejected"
+    assert (
+        reason == f"body sealed with key {gone.key_id}, which is not configured (WASTATS_BODY_KEYS)"
+    )
 
 
 # --- retention --------------------------------------------------------------------------------
