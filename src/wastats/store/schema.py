@@ -204,18 +204,13 @@ inbox = Table(
     # webhook's path. The writer looks a new body up in the settled index before inserting it,
     # in the same write transaction, so no hash is ever stored twice (`inbox.insert_bodies`).
     UniqueConstraint("body_sha256").ddl_if(dialect="postgresql"),
-    Index(
-        "uq_inbox_pending_sha256",
-        "body_sha256",
-        unique=True,
-        sqlite_where=text("state = 'pending'"),
-    ).ddl_if(dialect="sqlite"),
-    Index(
-        "uq_inbox_settled_sha256",
-        "body_sha256",
-        unique=True,
-        sqlite_where=text("state <> 'pending'"),
-    ).ddl_if(dialect="sqlite"),
+    *(
+        Index(name, "body_sha256", unique=True, sqlite_where=text(rows)).ddl_if(dialect="sqlite")
+        for name, rows in (
+            ("uq_inbox_pending_sha256", "state = 'pending'"),
+            ("uq_inbox_settled_sha256", "state <> 'pending'"),
+        )
+    ),
 )
 
 inbound_messages = Table(
