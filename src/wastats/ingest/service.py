@@ -104,7 +104,8 @@ class IngestService:
         self.forward = forward
         self.counter = counter
         """With a counter (WASTATS_COUNTING=process), counting runs in that child process
-        (`ingest/counter.py`) and the processor thread only hands it what the writer committed."""
+        (`ingest/counter.py`): the writer hands it what it committed, and the processor thread
+        only what the child's socket would not take at once (`CounterProcess.try_submit`)."""
         self.stats = IngestStats()
         self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
