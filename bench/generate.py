@@ -48,39 +48,13 @@ def bodies(
             message += 1
             customer = f"9725{rng.randrange(customers):08d}"
             sent = START + int(span * produced / max(statuses, 1)) + rng.randrange(3600)
-            category = rng.choice(CATEGORIES)
-            kind = "regular" if rng.random() < 0.9 else "free_customer_service"
-            wamid = f"wamid.HBgL{message:012d}{number:04d}"
-            pricing = {"billable": kind == "regular", "pricing_model": "PMP",
-                       "type": kind, "category": category}  # fmt: skip
-            steps = [("sent", sent, True), ("delivered", sent + rng.randrange(1, 30), False)]
-            if rng.random() < 0.7:
-                steps.append(("read", sent + rng.randrange(30, 7200), False))
-            for status, ts, with_pricing in steps:
-                entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(ts),
-                                         "recipient_id": customer}  # fmt: skip
-                if with_pricing or status == "delivered":
-                    entry["pricing"] = pricing
-                items.append(entry)
+            items.extend(_updates(rng, message, number, customer, sent))
             if rng.random() < 0.1:
                 inbound.append({"from": customer, "id": f"wamid.in{message:012d}",
                                 "timestamp": str(sent + 60), "type": "text",
                                 "text": {"body": "thanks"}})  # fmt: skip
         produced += len(items)
-        value: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "metadata": {
-                "display_phone_number": f"97230000{number:04d}",
-                "phone_number_id": phone_number_id(number),
-            },  # fmt: skip
-            "statuses": items,
-        }
-        if inbound:
-            value["messages"] = inbound
-            value["contacts"] = [{"wa_id": m["from"], "profile": {"name": "C"}} for m in inbound]
-        yield {"object": "whatsapp_business_account",
-               "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
-                                                                "value": value}]}]}  # fmt: skip
+        yield _envelope(number, items, inbound)
 
 
 def single_status_bodies(
@@ -95,7 +69,7 @@ def single_status_bodies(
     different messages interleave as they do on the wire.
     """
     rng = random.Random(seed)
-    pending: list[tuple[int, int, dict[str, Any]]] = []  # (timestamp, tie-break, value)
+    pending: list[tuple[int, int, tuple[int, dict[str, Any]]]] = []  # (ts, tie-break, update)
     tie = 0
     message = 0
     clock = START
@@ -108,30 +82,55 @@ def single_status_bodies(
             clock += rng.randrange(1, 3)
             number = rng.randrange(numbers)
             customer = f"9725{rng.randrange(customers):08d}"
-            category = rng.choice(CATEGORIES)
-            kind = "regular" if rng.random() < 0.9 else "free_customer_service"
-            wamid = f"wamid.HBgL{message:012d}{number:04d}"
-            pricing = {"billable": kind == "regular", "pricing_model": "PMP",
-                       "type": kind, "category": category}  # fmt: skip
-            steps = [("sent", clock), ("delivered", clock + rng.randrange(1, 30))]
-            if rng.random() < 0.7:
-                steps.append(("read", clock + rng.randrange(30, 7200)))
-            for status, ts in steps:
-                entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(ts),
-                                         "recipient_id": customer}  # fmt: skip
-                if status != "read":
-                    entry["pricing"] = pricing
-                value = {"messaging_product": "whatsapp",
-                         "metadata": {"display_phone_number": f"97230000{number:04d}",
-                                      "phone_number_id": phone_number_id(number)},
-                         "statuses": [entry]}  # fmt: skip
+            for entry in _updates(rng, message, number, customer, clock):
                 tie += 1
-                heapq.heappush(pending, (ts, tie, value))
-        _, _, value = heapq.heappop(pending)
+                heapq.heappush(pending, (int(entry["timestamp"]), tie, (number, entry)))
+        _, _, (number, entry) = heapq.heappop(pending)
         produced += 1
-        yield {"object": "whatsapp_business_account",
-               "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
-                                                                "value": value}]}]}  # fmt: skip
+        yield _envelope(number, [entry])
+
+
+def _updates(
+    rng: random.Random, message: int, number: int, customer: str, sent: int
+) -> list[dict[str, Any]]:
+    """The status updates of one template message: `sent` and `delivered` with PMP pricing,
+    1 to 30 s apart, and `read` (for 70%) 30 s to 2 h after sending."""
+    category = rng.choice(CATEGORIES)
+    kind = "regular" if rng.random() < 0.9 else "free_customer_service"
+    wamid = f"wamid.HBgL{message:012d}{number:04d}"
+    pricing = {"billable": kind == "regular", "pricing_model": "PMP",
+               "type": kind, "category": category}  # fmt: skip
+    steps = [("sent", sent), ("delivered", sent + rng.randrange(1, 30))]
+    if rng.random() < 0.7:
+        steps.append(("read", sent + rng.randrange(30, 7200)))
+    updates: list[dict[str, Any]] = []
+    for status, ts in steps:
+        entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(ts),
+                                 "recipient_id": customer}  # fmt: skip
+        if status != "read":
+            entry["pricing"] = pricing
+        updates.append(entry)
+    return updates
+
+
+def _envelope(
+    number: int, statuses: list[dict[str, Any]], inbound: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A webhook body of one business number: its status updates and inbound messages."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": f"97230000{number:04d}",
+            "phone_number_id": phone_number_id(number),
+        },  # fmt: skip
+        "statuses": statuses,
+    }
+    if inbound:
+        value["messages"] = inbound
+        value["contacts"] = [{"wa_id": m["from"], "profile": {"name": "C"}} for m in inbound]
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
+                                                             "value": value}]}]}  # fmt: skip
 
 
 def write(path: Path, statuses: int, **options: Any) -> int:
