@@ -57,6 +57,11 @@ _DIRECT_LINE_LIMIT = 4096
 unit, so a non-blocking send takes the whole line or none of it."""
 
 
+def _batch_line(seq: int, ids: list[int]) -> bytes:
+    """The protocol's line handing the child a batch of inbox ids (module docstring)."""
+    return json.dumps({"seq": seq, "ids": ids}).encode() + b"\n"
+
+
 @dataclass(frozen=True)
 class CounterConfig:
     """What the child needs to count: everything else it would read is the parent's business."""
@@ -145,7 +150,7 @@ class CounterProcess:
             return False  # a submit, an answer or a restart is under way
         try:
             sock = self._sock
-            line = json.dumps({"seq": self._seq + 1, "ids": ids}).encode() + b"\n"
+            line = _batch_line(self._seq + 1, ids)
             if sock is None or len(line) > _DIRECT_LINE_LIMIT:
                 return False
             try:
@@ -210,7 +215,7 @@ class CounterProcess:
             return
         # OSError: the child is gone; the receiver restarts it and the ids are sent again.
         with contextlib.suppress(OSError):
-            self._sock.sendall(json.dumps({"seq": seq, "ids": ids}).encode() + b"\n")
+            self._sock.sendall(_batch_line(seq, ids))
 
     def _receive_loop(self) -> None:
         backoff = BACKOFF_FIRST
