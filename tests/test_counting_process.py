@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -23,6 +24,11 @@ from sqlalchemy import text
 from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
 from test_failures import assert_counts, inbox_rows, register
 from wastats.ingest.counter import CounterConfig, CounterProcess
+from wastats.ingest.identity import CustomerHasher
+from wastats.ingest.pipeline import Pipeline
+from wastats.ingest.scheduling import run_as_batch_work
+from wastats.ingest.service import IngestService
+from wastats.sealing import BodySealer
 from wastats.store.db import Database
 
 COUNTER = "wastats.ingest.counter"
@@ -335,3 +341,67 @@ def test_try_submit_to_a_dead_child_keeps_the_ids_for_the_next_one() -> None:
         assert counter._outstanding == {1: [5, 6]}  # sent again by `_spawn`
     finally:
         counter._sock.close()  # type: ignore[union-attr]
+
+
+# --- scheduling (ingest/scheduling.py) ---------------------------------------------------------
+
+needs_sched_batch = pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's; elsewhere nothing is changed"
+)
+
+
+@needs_sched_batch
+def test_the_counting_child_is_batch_work_and_the_event_loop_is_not(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    url = copy_sqlite(sqlite_template, tmp_path / "wastats.db")
+    server = Server(url, tmp_path / "serve").start()
+    try:
+        assert server.process is not None
+        child = the_counter(server)
+        assert os.sched_getscheduler(child) == os.SCHED_BATCH
+        # The server's main thread runs the event loop: it keeps the default policy, so a
+        # request that arrives preempts background work, never the other way round.
+        assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER
+    finally:
+        server.stop()
+
+
+@needs_sched_batch
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_the_inbox_writer_and_processor_threads_are_batch_work(
+    sqlite_template: Path, tmp_path: Path, mode: str
+) -> None:
+    url = copy_sqlite(sqlite_template, tmp_path / "wastats.db")
+    db = Database(url)
+    config = CounterConfig(database_url=url, hash_key=b"k" * 32, body_secrets=[b"s" * 32],
+                           retention_days=30)  # fmt: skip
+    service = IngestService(
+        db, Pipeline(CustomerHasher(b"k" * 32)), BodySealer([b"s" * 32]),
+        counter=CounterProcess(config) if mode == "process" else None,
+    )  # fmt: skip
+    service.start()
+    try:
+        threads = list(service._threads)  # the writer, then the processor (or hand-over)
+        assert len(threads) == 2
+        for thread in threads:
+            assert thread.native_id is not None
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH, thread.name
+        # The policy is the thread's own: the thread that started them keeps the default.
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+    finally:
+        service.stop()
+        db.dispose()
+
+
+def test_batch_work_is_refused_quietly_where_the_kernel_says_no(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+    monkeypatch.setattr(os, "SCHED_BATCH", 3, raising=False)
+    assert run_as_batch_work() is False
+    monkeypatch.delattr(os, "SCHED_BATCH")
+    assert run_as_batch_work() is False

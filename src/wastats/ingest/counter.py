@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from wastats.ingest.scheduling import run_as_batch_work
+
 log = logging.getLogger(__name__)
 
 _COUNTERS = ("processed_bodies", "rejected_bodies", "statuses", "inbound", "process_errors")
@@ -271,6 +273,9 @@ def main(argv: list[str]) -> int:
     # parent's socket closes, never mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Counting is batch work: it must not take the core from the server's event loop each time
+    # a commit's ids wake it (ingest/scheduling.py).
+    run_as_batch_work()
     sock = socket.socket(fileno=int(argv[1]))
     first = _readline(sock)
     if not first:

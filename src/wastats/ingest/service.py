@@ -34,6 +34,7 @@ from wastats.forward.match import AcceptedBody, ForwardQueue, Headers, Queued
 from wastats.ingest import partitions
 from wastats.ingest.counter import CounterProcess
 from wastats.ingest.pipeline import BatchReport, Pipeline
+from wastats.ingest.scheduling import run_as_batch_work
 from wastats.sealing import BodySealer
 from wastats.store import inbox as inbox_repo
 from wastats.store.db import Database
@@ -187,6 +188,9 @@ class IngestService:
     # --- the writer thread ------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        # Not woken ahead of the event loop for each body: it commits when the loop waits, more
+        # bodies at a time (ingest/scheduling.py).
+        run_as_batch_work()
         while True:
             first = self._incoming.get()
             if first is _STOP:
@@ -263,6 +267,7 @@ class IngestService:
 
     def _hand_over_loop(self) -> None:
         assert self.counter is not None
+        run_as_batch_work()
         while True:
             item = self._committed.get()
             if item is _STOP:
@@ -284,6 +289,7 @@ class IngestService:
     # --- the processor thread ---------------------------------------------------------------
 
     def _process_loop(self) -> None:
+        run_as_batch_work()
         self.sweep(older_than=0)
         self.seal_clear_bodies()
         last_sweep = last_purge = time.monotonic()
