@@ -389,7 +389,7 @@ def test_the_inbox_writer_and_processor_threads_are_batch_work(
         for thread in threads:
             native_id = thread.native_id
             assert native_id is not None
-            # Set by each thread itself, first thing in its loop: seen once it got there.
+            # Set by each thread itself, first thing it runs: seen once it got there.
             wait_until(lambda: os.sched_getscheduler(native_id) == os.SCHED_BATCH, 30,  # noqa: B023
                        f"{thread.name} under SCHED_BATCH")  # fmt: skip
         # The policy is the thread's own: the thread that started them keeps the default.

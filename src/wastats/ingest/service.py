@@ -127,7 +127,9 @@ class IngestService:
             self.counter.start(self._counted)
             processor = self._hand_over_loop
         for name, target in (("inbox-writer", self._write_loop), ("processor", processor)):
-            thread = threading.Thread(target=target, name=f"wastats-{name}", daemon=True)
+            thread = threading.Thread(
+                target=_as_batch_work, args=(target,), name=f"wastats-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -188,9 +190,6 @@ class IngestService:
     # --- the writer thread ------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        # Not woken ahead of the event loop for each body: it commits when the loop waits, more
-        # bodies at a time (ingest/scheduling.py).
-        run_as_batch_work()
         while True:
             first = self._incoming.get()
             if first is _STOP:
@@ -267,7 +266,6 @@ class IngestService:
 
     def _hand_over_loop(self) -> None:
         assert self.counter is not None
-        run_as_batch_work()
         while True:
             item = self._committed.get()
             if item is _STOP:
@@ -289,7 +287,6 @@ class IngestService:
     # --- the processor thread ---------------------------------------------------------------
 
     def _process_loop(self) -> None:
-        run_as_batch_work()
         self.sweep(older_than=0)
         self.seal_clear_bodies()
         last_sweep = last_purge = time.monotonic()
@@ -439,6 +436,14 @@ class IngestService:
         self.stats.statuses += report.statuses
         self.stats.inbound += report.inbound
         self.stats.newest_event = max(self.stats.newest_event, report.newest_event)
+
+
+def _as_batch_work(loop: Callable[[], None]) -> None:
+    """Run a thread's loop as batch work for the scheduler: the writer and the processor are
+    woken by requests, and must not take the core from the event loop each time; they commit
+    and count when it waits, more bodies at a time (ingest/scheduling.py)."""
+    run_as_batch_work()
+    loop()
 
 
 def _resolve(batch: list[_Pending], error: Exception | None) -> None:
