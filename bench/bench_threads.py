@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,12 +47,7 @@ class ThreadUse:
     reads: int
 
     def minus(self, before: ThreadUse) -> ThreadUse:
-        return ThreadUse(*(a - b for a, b in zip(_values(self), _values(before), strict=True)))
-
-
-def _values(use: ThreadUse) -> tuple[float, ...]:
-    return (use.user, use.system, use.voluntary, use.involuntary, use.written, use.writes,
-            use.read, use.reads)  # fmt: skip
+        return ThreadUse(*(a - b for a, b in zip(astuple(self), astuple(before), strict=True)))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -144,7 +139,7 @@ def main() -> None:
         cpu = (used.user + used.system) / requests * 1e6
         total += cpu
         if cpu >= 0.5:
-            per = ThreadUse(*(value / requests for value in _values(used)))
+            per = ThreadUse(*(value / requests for value in astuple(used)))
             print(f"  {key:38s} user {per.user * 1e6:6.1f} µs, system {per.system * 1e6:5.1f} µs; "
                   f"switches {per.voluntary:.2f} + {per.involuntary:.2f} involuntary; wrote "
                   f"{per.written:,.0f} B in {per.writes:.2f} calls, read {per.read:,.0f} B in "
