@@ -1,8 +1,9 @@
 """The inbox stores each body once, whatever state its row is in.
 
 On SQLite the body hash's uniqueness is split into a pending and a settled index (migration
-0012, issue 13) and the inbox writer looks a hash up among the settled rows before inserting:
-these tests hold both databases to what one unique constraint gave.
+0012, issue 13), the pending rows' index holds only the first 8 digits of each hash (migration
+0013), and the inbox writer looks a hash up in both before inserting: these tests hold both
+databases to what one unique constraint gave.
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ def test_a_replayed_body_goes_back_to_pending_without_a_twin(db: Database) -> No
         assert store_bodies(conn, [raw], now=2) == {}
     _settle(db, ids, "processed")
     assert _rows(db) == [(_sha(raw), "processed")]
+
+
+def test_hashes_alike_in_their_first_digits_are_two_bodies_each_stored_once(db: Database) -> None:
+    """Two pending bodies whose hashes share the digits the pending index holds: the lookup
+    compares whole hashes, so neither hides the other, and each is still stored once."""
+    shared = "0123abcd"
+    hashes = [shared + "1" * 56, shared + "2" * 56]
+    bodies = [inbox_repo.NewBody(sha, f"body {n}".encode(), "webhook", 1)
+              for n, sha in enumerate(hashes)]  # fmt: skip
+    with db.write() as conn:
+        assert set(inbox_repo.insert_bodies(conn, bodies[:1], TEST_SEALER)) == {hashes[0]}
+        assert set(inbox_repo.insert_bodies(conn, bodies, TEST_SEALER)) == {hashes[1]}
+        assert inbox_repo.insert_bodies(conn, bodies + bodies, TEST_SEALER) == {}
+    assert _rows(db) == [(hashes[0], "pending"), (hashes[1], "pending")]
 
 
 _serial = itertools.count()

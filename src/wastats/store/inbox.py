@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, select, update
 
 from wastats.sealing import BodySealer, BodyUnreadable
-from wastats.store.schema import forward_deliveries, inbox
+from wastats.store.schema import PENDING_SHA_PREFIX, forward_deliveries, inbox
 from wastats.store.sql import IN_CHUNK, chunks, insert_for, sqlite_cursor
 
 log = logging.getLogger(__name__)
@@ -115,30 +115,36 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[_SealedBody]) -> di
     commit, and SQLAlchemy's parameter and result handling cost more than SQLite's own insert
     (measured: 450 against 300 us a commit of 6 bodies).
 
-    A body's hash is unique among pending rows and among settled ones (migration 0012): the
-    insert skips a pending duplicate by its index, and a settled one is looked up first. Both
-    run in the caller's write transaction, and SQLite has one writer, so no other transaction
-    can settle or insert a body in between."""
+    A body's hash is unique among settled rows by their index, and among pending ones by this
+    lookup: their index holds the first digits of each hash only (migration 0013), so what it
+    finds is compared whole. Both lookups and the insert run in the caller's write transaction,
+    and SQLite has one writer, so no other transaction can settle or insert a body in
+    between."""
     inserted: dict[str, int] = {}
+    prefix = PENDING_SHA_PREFIX
     with sqlite_cursor(conn) as cursor:
-        for part in chunks(bodies, IN_CHUNK // 4):
-            settled = {
+        for part in chunks(list({b.sha256: b for b in bodies}.values()), IN_CHUNK // 4):
+            marks = ", ".join("?" * len(part))
+            # Each SELECT names its index, its WHERE as the index's own, so SQLite uses it.
+            stored = {
                 sha
                 for (sha,) in cursor.execute(
-                    # `state <> 'pending'` as written in the index's WHERE, so SQLite uses it.
                     "SELECT body_sha256 FROM inbox INDEXED BY uq_inbox_settled_sha256 "
-                    f"WHERE body_sha256 IN ({', '.join('?' * len(part))}) "
-                    f"AND state <> '{PENDING}'",
-                    [b.sha256 for b in part],
+                    f"WHERE body_sha256 IN ({marks}) AND state <> '{PENDING}' "
+                    "UNION ALL "
+                    "SELECT body_sha256 FROM inbox INDEXED BY ix_inbox_pending_sha_prefix "
+                    f"WHERE substr(body_sha256, 1, {prefix}) IN ({marks}) "
+                    f"AND state = '{PENDING}'",
+                    [b.sha256 for b in part] + [b.sha256[:prefix] for b in part],
                 )
             }
-            new = [b for b in part if b.sha256 not in settled]
+            new = [b for b in part if b.sha256 not in stored]
             if not new:
                 continue
             values = ", ".join([f"(?, ?, ?, ?, ?, '{PENDING}', 0)"] * len(new))
             cursor.execute(
                 "INSERT INTO inbox (body_sha256, body, body_key, source, received_at, state, "
-                f"events) VALUES {values} ON CONFLICT DO NOTHING RETURNING id, body_sha256",
+                f"events) VALUES {values} RETURNING id, body_sha256",
                 [x for b in new for x in (b.sha256, b.body, b.key_id, b.source, b.received_at)],
             )
             inserted.update((sha, int(id_)) for id_, sha in cursor.fetchall())
