@@ -6,6 +6,7 @@ loses nothing, a killed server loses nothing it acknowledged, and no child outli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from sqlalchemy import text
 
 from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
 from test_failures import assert_counts, inbox_rows, register
-from wastats.ingest.counter import CounterConfig, CounterProcess
+from wastats.ingest.counter import CounterConfig, CounterProcess, Handed, _Child, keeps_gathering
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.scheduling import run_as_batch_work
@@ -301,8 +302,8 @@ def _lines_read(child: socket.socket) -> list[dict[str, object]]:
 def test_try_submit_sends_whole_lines_or_nothing_and_keeps_what_it_sent() -> None:
     counter, child = _linked_counter()
     try:
-        assert counter.try_submit([1, 2, 3])
-        assert _lines_read(child) == [{"seq": 1, "ids": [1, 2, 3]}]
+        assert counter.try_submit([1, 2, 3], 1500)
+        assert _lines_read(child) == [{"seq": 1, "ids": [1, 2, 3], "bytes": 1500}]
         # The child reads nothing for a while: the socket's buffer fills, and from then on the
         # writer is told no at once instead of waiting (and nothing is kept for those ids).
         sent = 1
@@ -313,8 +314,8 @@ def test_try_submit_sends_whole_lines_or_nothing_and_keeps_what_it_sent() -> Non
         lines = _lines_read(child)
         assert [line["seq"] for line in lines] == list(range(2, sent + 1))
         # Read, the socket takes lines again, numbered on from the last one sent.
-        assert counter.try_submit([8])
-        assert _lines_read(child) == [{"seq": sent + 1, "ids": [8]}]
+        assert counter.try_submit([8], 400)
+        assert _lines_read(child) == [{"seq": sent + 1, "ids": [8], "bytes": 400}]
     finally:
         child.close()
         counter._sock.close()  # type: ignore[union-attr]
@@ -337,8 +338,8 @@ def test_try_submit_to_a_dead_child_keeps_the_ids_for_the_next_one() -> None:
     counter, child = _linked_counter()
     child.close()
     try:
-        assert counter.try_submit([5, 6])
-        assert counter._outstanding == {1: [5, 6]}  # sent again by `_spawn`
+        assert counter.try_submit([5, 6], 900)
+        assert counter._outstanding == {1: Handed([5, 6], 900)}  # sent again by `_spawn`
     finally:
         counter._sock.close()  # type: ignore[union-attr]
 
@@ -410,3 +411,59 @@ def test_batch_work_is_refused_quietly_where_the_kernel_says_no(
     assert run_as_batch_work() is False
     monkeypatch.delattr(os, "SCHED_BATCH")
     assert run_as_batch_work() is False
+
+
+# --- how the child sizes its batches: `keeps_gathering` and `_Child._gather` -----------------
+
+_CONFIG = CounterConfig(database_url="sqlite://", hash_key=b"k" * 32, body_secrets=[b"s" * 32],
+                        retention_days=30)  # fmt: skip
+
+
+def test_an_idle_child_counts_at_once_and_a_stream_gathers_through_its_window() -> None:
+    assert not keeps_gathering(_CONFIG, 0.0, 0.0, 500)  # idle: no window at all
+    assert keeps_gathering(_CONFIG, 0.1, 0.05, 0)  # a stream, inside the window
+    # Past the short window, a slow stream (a hundred small bodies a second) is counted now.
+    assert not keeps_gathering(_CONFIG, 0.1, 0.1, 45_000 // 10)
+    # A fast one (6,000 single-status bodies a second) goes on gathering a bigger batch.
+    assert keeps_gathering(_CONFIG, 0.1, 0.1, 6_000 * 450 // 10)
+
+
+@given(
+    window=st.sampled_from([0.0, 0.05, 0.1]),
+    elapsed=st.floats(0.0, 3.0),
+    size=st.integers(0, 8 << 20),
+    more=st.integers(0, 8 << 20),
+)
+def test_a_batch_never_waits_past_the_longest_window_and_more_bytes_never_wait_less(
+    window: float, elapsed: float, size: int, more: int
+) -> None:
+    waits = keeps_gathering(_CONFIG, window, elapsed, size)
+    if elapsed >= _CONFIG.batch_window_max:
+        assert not waits
+    if waits and elapsed >= window:
+        assert keeps_gathering(_CONFIG, window, elapsed, size + more)
+
+
+def test_the_child_takes_every_line_sent_and_stops_gathering_at_the_batch_bytes(
+    tmp_path: Path,
+) -> None:
+    ours, theirs = socket.socketpair()
+    config = dataclasses.replace(_CONFIG, database_url=f"sqlite:///{tmp_path / 'c.db'}",
+                                 batch_bytes=10_000)  # fmt: skip
+    child = _Child(theirs, config)
+    try:
+        child.last_batch = time.monotonic()  # in a stream: the window applies
+        for seq in range(1, 4):
+            ours.sendall(json.dumps({"seq": seq, "ids": [seq], "bytes": 4_000}).encode() + b"\n")
+        # 12,000 bytes handed: past the batch's 10,000, so it is counted without waiting.
+        batch = child._gather()
+        assert batch == [(1, Handed([1], 4_000)), (2, Handed([2], 4_000)),
+                         (3, Handed([3], 4_000))]  # fmt: skip
+        # A line from an older parent, without sizes, still hands its ids.
+        ours.sendall(b'{"seq": 4, "ids": [7, 8]}\n')
+        child.last_batch = float("-inf")  # idle: counted at once
+        assert child._gather() == [(4, Handed([7, 8], 0))]
+    finally:
+        child.db.dispose()
+        ours.close()
+        theirs.close()

@@ -32,7 +32,7 @@ from sqlalchemy import Connection
 
 from wastats.forward.match import AcceptedBody, ForwardQueue, Headers, Queued
 from wastats.ingest import partitions
-from wastats.ingest.counter import CounterProcess
+from wastats.ingest.counter import CounterProcess, Handed
 from wastats.ingest.pipeline import BatchReport, Pipeline
 from wastats.ingest.scheduling import run_as_batch_work
 from wastats.sealing import BodySealer
@@ -109,7 +109,7 @@ class IngestService:
         only what the child's socket would not take at once (`CounterProcess.try_submit`)."""
         self.stats = IngestStats()
         self._incoming: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
-        self._committed: queue.SimpleQueue[list[int] | object] = queue.SimpleQueue()
+        self._committed: queue.SimpleQueue[Handed | object] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._idle = threading.Condition()
@@ -243,10 +243,12 @@ class IngestService:
         self._track(-(len(batch) - len(new_ids)))
         _resolve(batch, None)
         if new_ids:
-            committed = sorted(new_ids.values())
+            committed = Handed(
+                sorted(new_ids.values()), sum(len(unique[sha].raw) for sha in new_ids)
+            )
             # To the counting child straight away when its socket takes them now; else (and to
             # the processor thread, without a child) through the hand-over queue.
-            if self.counter is None or not self.counter.try_submit(committed):
+            if self.counter is None or not self.counter.try_submit(*committed):
                 self._committed.put(committed)
         if forwarded and self.forward is not None:
             self.forward.committed(forwarded)
@@ -270,8 +272,8 @@ class IngestService:
             item = self._committed.get()
             if item is _STOP:
                 return
-            assert isinstance(item, list)
-            self.counter.submit(item)
+            assert isinstance(item, Handed)
+            self.counter.submit(*item)
 
     def _counted(self, ids: int, child: dict[str, int]) -> None:
         """The child counted `ids` of the ids handed to it; `child` are its counters."""
@@ -297,7 +299,7 @@ class IngestService:
                 item = None
             if item is _STOP:
                 return
-            ids: list[int] = list(item) if isinstance(item, list) else []
+            ids: list[int] = list(item.ids) if isinstance(item, Handed) else []
             stop_after = False
             # Under load (commits queued up while we were busy), gather for a moment: every
             # processing transaction has a fixed cost per batch and per number touched, and
@@ -313,8 +315,8 @@ class IngestService:
                 if more is _STOP:
                     stop_after = True
                     break
-                assert isinstance(more, list)
-                ids.extend(more)
+                assert isinstance(more, Handed)
+                ids.extend(more.ids)
             try:
                 if ids:
                     self._process_ids(ids)
