@@ -302,19 +302,19 @@ def _lines_read(child: socket.socket) -> list[dict[str, object]]:
 def test_try_submit_sends_whole_lines_or_nothing_and_keeps_what_it_sent() -> None:
     counter, child = _linked_counter()
     try:
-        assert counter.try_submit([1, 2, 3], 1500)
+        assert counter.try_submit(Handed([1, 2, 3], 1500))
         assert _lines_read(child) == [{"seq": 1, "ids": [1, 2, 3], "bytes": 1500}]
         # The child reads nothing for a while: the socket's buffer fills, and from then on the
         # writer is told no at once instead of waiting (and nothing is kept for those ids).
         sent = 1
-        while counter.try_submit(list(range(100))):
+        while counter.try_submit(Handed(list(range(100)), 0)):
             sent += 1
-        assert not counter.try_submit([7])
+        assert not counter.try_submit(Handed([7], 0))
         assert sorted(counter._outstanding) == list(range(1, sent + 1))
         lines = _lines_read(child)
         assert [line["seq"] for line in lines] == list(range(2, sent + 1))
         # Read, the socket takes lines again, numbered on from the last one sent.
-        assert counter.try_submit([8], 400)
+        assert counter.try_submit(Handed([8], 400))
         assert _lines_read(child) == [{"seq": sent + 1, "ids": [8], "bytes": 400}]
     finally:
         child.close()
@@ -325,8 +325,9 @@ def test_try_submit_never_waits_for_a_submit_or_restart_under_way_nor_sends_long
     counter, child = _linked_counter()
     try:
         with counter._lock:  # what `submit`, the answer loop and a restart hold
-            assert not counter.try_submit([1])
-        assert not counter.try_submit(list(range(2000)))  # a long line goes the waiting way
+            assert not counter.try_submit(Handed([1], 0))
+        # A long line goes the waiting way.
+        assert not counter.try_submit(Handed(list(range(2000)), 0))
         assert counter._outstanding == {}
         assert _lines_read(child) == []
     finally:
@@ -338,7 +339,7 @@ def test_try_submit_to_a_dead_child_keeps_the_ids_for_the_next_one() -> None:
     counter, child = _linked_counter()
     child.close()
     try:
-        assert counter.try_submit([5, 6], 900)
+        assert counter.try_submit(Handed([5, 6], 900))
         assert counter._outstanding == {1: Handed([5, 6], 900)}  # sent again by `_spawn`
     finally:
         counter._sock.close()  # type: ignore[union-attr]

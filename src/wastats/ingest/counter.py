@@ -151,15 +151,14 @@ class CounterProcess:
         )
         self._receiver.start()
 
-    def submit(self, ids: list[int], size: int = 0) -> None:
-        """Hand ids to the child (`size`: their bodies' bytes); kept until it answers for them
-        (and resent to a new child)."""
+    def submit(self, handed: Handed) -> None:
+        """Hand ids to the child; kept until it answers for them (and resent to a new child)."""
         with self._lock:
             self._seq += 1
-            handed = self._outstanding[self._seq] = Handed(ids, size)
+            self._outstanding[self._seq] = handed
             self._send(self._seq, handed)
 
-    def try_submit(self, ids: list[int], size: int = 0) -> bool:
+    def try_submit(self, handed: Handed) -> bool:
         """`submit` if it can be done now without waiting, else False (nothing sent, nothing
         kept): for the inbox writer, which hands its commits over itself when it can (a thread
         hop and a wake-up fewer per commit, measured: 5-10% more webhooks a second) and to the
@@ -169,7 +168,6 @@ class CounterProcess:
             return False  # a submit, an answer or a restart is under way
         try:
             sock = self._sock
-            handed = Handed(ids, size)
             line = _batch_line(self._seq + 1, handed)
             if sock is None or len(line) > _DIRECT_LINE_LIMIT:
                 return False

@@ -248,7 +248,7 @@ class IngestService:
             )
             # To the counting child straight away when its socket takes them now; else (and to
             # the processor thread, without a child) through the hand-over queue.
-            if self.counter is None or not self.counter.try_submit(*committed):
+            if self.counter is None or not self.counter.try_submit(committed):
                 self._committed.put(committed)
         if forwarded and self.forward is not None:
             self.forward.committed(forwarded)
@@ -273,7 +273,7 @@ class IngestService:
             if item is _STOP:
                 return
             assert isinstance(item, Handed)
-            self.counter.submit(*item)
+            self.counter.submit(item)
 
     def _counted(self, ids: int, child: dict[str, int]) -> None:
         """The child counted `ids` of the ids handed to it; `child` are its counters."""
