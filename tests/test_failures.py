@@ -76,7 +76,10 @@ def inbox_rows(database_url: str) -> list[tuple[bytes, str]]:
     try:
         with db.read() as conn:
             rows = conn.execute(
-                text("SELECT body, body_key, body_sha256, state FROM inbox ORDER BY id")
+                text(
+                    "SELECT body, body_key, body_sha256, state "
+                    "FROM inbox JOIN inbox_bodies USING (id) ORDER BY id"
+                )
             ).all()
         return [
             (TEST_SEALER.open(bytes(body), key_id, sha), str(state))

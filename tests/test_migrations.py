@@ -97,6 +97,7 @@ def test_every_tenant_table_leads_its_keys_with_the_tenant_or_number() -> None:
     reference = {"accounts", "access_tokens", "login_failures", "business_numbers", "inbox",
                  "service_state", "alembic_version",
                  "meta_sync_state",
+                 "inbox_bodies",  # the inbox's bodies, keyed by its rows (migration 0014)
                  # Forwarding: keyed like the inbox, whose bodies they deliver (issue 15).
                  "forward_destinations", "forward_deliveries"}  # fmt: skip
     by_account = {"account_monthly_counts", "meta_tokens"}
@@ -455,3 +456,52 @@ def test_inbox_hash_indexes_split_by_state_and_back_sqlite(tmp_path: Path) -> No
             assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 3
     finally:
         engine.dispose()
+
+
+# --- 0014: the inbox's bodies in a table of their own --------------------------------------------
+
+
+def _check_bodies_move_apart_and_back(url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from wastats.store.migrate import alembic_config
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0013")
+            # A sealed body, one stored in clear by an older wastats (no key), a purged one.
+            for n, body, key in ((1, b"sealed", "k1"), (2, b"clear", None), (3, None, None)):
+                conn.execute(
+                    text("INSERT INTO inbox (id, body_sha256, body, body_key, source, "
+                         "received_at, state, events) "
+                         "VALUES (:n, :sha, :b, :k, 'webhook', 1, 'processed', 1)"),
+                    {"n": n, "sha": f"h{n}", "b": body, "k": key},
+                )  # fmt: skip
+            command.upgrade(alembic_config(conn), "0014")
+            moved = conn.execute(text("SELECT id, body_key, body FROM inbox_bodies ORDER BY id"))
+            assert [tuple(r) for r in moved] == [(1, "k1", b"sealed"), (2, None, b"clear")]
+            columns = {c["name"] for c in inspect(conn).get_columns("inbox")}
+            assert not {"body", "body_key"} & columns
+            assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 3
+            if conn.dialect.name == "sqlite":  # dropping columns kept the expression index
+                assert "ix_inbox_pending_sha_prefix" in _inbox_indexes(conn)
+
+            command.downgrade(alembic_config(conn), "0013")
+            back = conn.execute(text("SELECT id, body_key, body FROM inbox ORDER BY id"))
+            assert [tuple(r) for r in back] == [
+                (1, "k1", b"sealed"), (2, None, b"clear"), (3, None, None),
+            ]  # fmt: skip
+            assert "inbox_bodies" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_inbox_bodies_move_apart_and_back_sqlite(tmp_path: Path) -> None:
+    _check_bodies_move_apart_and_back(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_inbox_bodies_move_apart_and_back_postgresql(pg_cluster: PostgresCluster) -> None:
+    _on_empty_postgres_database(pg_cluster, "bodies_apart", _check_bodies_move_apart_and_back)

@@ -84,7 +84,8 @@ def test_webhook_bodies_are_sealed_at_rest_and_still_counted(
     assert post(client, raw) == 200
     settle(client)
     [(sealed, key_id, sha, state)] = rows(
-        settings, "SELECT body, body_key, body_sha256, state FROM inbox"
+        settings,
+        "SELECT body, body_key, body_sha256, state FROM inbox JOIN inbox_bodies USING (id)",
     )
     stored = bytes(sealed)  # type: ignore[arg-type]
     for clear in (CUSTOMER.encode(), b"Dana Levi", b"4111", b"wamid", b"messages"):
@@ -130,7 +131,7 @@ def test_rotation_new_key_seals_old_keys_still_open_for_replay(
         assert post(client, body(bad)) == 200
         assert post(client, a_message()) == 200
         settle(client)
-    [(old_id,)] = rows(old, "SELECT DISTINCT body_key FROM inbox")
+    [(old_id,)] = rows(old, "SELECT DISTINCT body_key FROM inbox_bodies")
 
     rotated = make_settings(
         database_url, body_keys="new-body-secret-0123456789, old-body-secret-0123456789"
@@ -138,7 +139,7 @@ def test_rotation_new_key_seals_old_keys_still_open_for_replay(
     with TestClient(create_app(rotated, clock=clock)) as client:
         assert post(client, a_message("another")) == 200
         settle(client)
-    key_ids = [r[0] for r in rows(rotated, "SELECT body_key FROM inbox ORDER BY id")]
+    key_ids = [r[0] for r in rows(rotated, "SELECT body_key FROM inbox_bodies ORDER BY id")]
     new_id = BodySealer([b"new-body-secret-0123456789"]).key_id
     assert key_ids == [old_id, old_id, new_id]
     code, out, err = cli_run(rotated, "events", "replay")
@@ -208,7 +209,8 @@ def _store_old_bodies(settings: Settings, now: int) -> None:
 
 
 def _held(settings: Settings) -> list[object]:
-    return [r[0] for r in rows(settings, "SELECT body IS NOT NULL FROM inbox ORDER BY id")]
+    held = "SELECT body IS NOT NULL FROM inbox LEFT JOIN inbox_bodies USING (id) ORDER BY id"
+    return [r[0] for r in rows(settings, held)]
 
 
 def test_bodies_past_retention_are_purged_at_start_up(database_url: str, clock: FakeClock) -> None:
@@ -391,17 +393,20 @@ def test_bodies_stored_in_clear_by_an_older_wastats_are_sealed_after_the_upgrade
         with db.write() as conn:
             for n, raw in enumerate(raws):
                 # As migration 0006 left them: a body in clear, no key id.
-                conn.execute(
+                row_id = conn.execute(
                     text(
-                        "INSERT INTO inbox (body_sha256, body, source, received_at, state, events)"
-                        " VALUES (:sha, :body, 'webhook', :at, :state, 0)"
+                        "INSERT INTO inbox (body_sha256, source, received_at, state, events)"
+                        " VALUES (:sha, 'webhook', :at, :state, 0) RETURNING id"
                     ),
                     {
                         "sha": hashlib.sha256(raw).hexdigest(),
-                        "body": raw,
                         "at": int(clock()),
                         "state": "pending" if n == 0 else "processed",
                     },  # fmt: skip
+                ).scalar_one()
+                conn.execute(
+                    text("INSERT INTO inbox_bodies (id, body) VALUES (:id, :body)"),
+                    {"id": row_id, "body": raw},
                 )
     finally:
         db.dispose()
@@ -410,7 +415,11 @@ def test_bodies_stored_in_clear_by_an_older_wastats_are_sealed_after_the_upgrade
         # What the processor does once at start, here and now (idempotent).
         app.state.ctx.ingest.seal_clear_bodies()
         app.state.ctx.ingest.sweep(older_than=0)
-    stored = rows(settings, "SELECT body, body_key, body_sha256, state FROM inbox ORDER BY id")
+    stored = rows(
+        settings,
+        "SELECT body, body_key, body_sha256, state FROM inbox JOIN inbox_bodies USING (id) "
+        "ORDER BY id",
+    )
     assert [s[3] for s in stored] == ["processed"] * 3  # the pending one was read and counted
     for (sealed, key_id, sha, _), raw in zip(stored, raws, strict=True):
         assert key_id == TEST_SEALER.key_id

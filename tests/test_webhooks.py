@@ -150,7 +150,9 @@ def test_signed_but_not_understood_is_stored_200_and_rejected(
     [(state, reason)] = inbox_states(settings)
     assert state == "rejected"
     assert reason_part in str(reason)
-    [(sealed, key_id, sha)] = rows(settings, "SELECT body, body_key, body_sha256 FROM inbox")
+    [(sealed, key_id, sha)] = rows(
+        settings, "SELECT body, body_key, body_sha256 FROM inbox JOIN inbox_bodies USING (id)"
+    )
     # Kept byte for byte, for replay after an upgrade, and sealed at rest.
     assert TEST_SEALER.open(bytes(sealed), key_id, sha) == raw  # type: ignore[arg-type]
     health = client.get("/healthz").json()
@@ -296,9 +298,12 @@ def test_raw_bodies_are_purged_after_the_retention(database_url: str, clock: Fak
         settle(client)
         clock.advance(31 * 86400)
         app.state.ctx.ingest.purge()
-    [(stored, state)] = rows(settings, "SELECT body, state FROM inbox")
+    [(stored, state)] = rows(
+        settings, "SELECT body, state FROM inbox LEFT JOIN inbox_bodies USING (id)"
+    )
     assert stored is None
     assert state == "processed"
+    assert rows(settings, "SELECT count(*) FROM inbox_bodies") == [(0,)]
     assert rows(settings, "SELECT count(*) FROM inbound_messages") == [(1,)]
 
 

@@ -46,6 +46,7 @@ REFERENCE: tuple[str, ...] = (
 
 COORDINATOR_LOCAL: tuple[str, ...] = (
     "inbox",  # an append-only log of raw bodies, purged after the retention: never joined
+    "inbox_bodies",  # the inbox rows' bodies while they are kept (migration 0014)
     # Forwarding (migration 0009): deliveries point at inbox rows, so they live beside them.
     "forward_destinations",
     "forward_deliveries",

@@ -1,5 +1,8 @@
 """Repository: the inbox of raw webhook bodies, stored before anything is parsed.
 
+A body's row (`inbox`: hash, state, outcome) and the body itself (`inbox_bodies`, while it is
+kept) are two tables, read and written together only here.
+
 Bodies are sealed (AES-256-GCM, wastats.sealing) on the way in and opened on the way out, here
 and nowhere else, so no caller can store one in clear or forget to open one: every function
 that takes or gives a body takes the `BodySealer`. Rejection reasons are stored redacted
@@ -14,10 +17,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from wastats.sealing import BodySealer, BodyUnreadable
-from wastats.store.schema import PENDING_SHA_PREFIX, forward_deliveries, inbox
+from wastats.store.schema import PENDING_SHA_PREFIX, forward_deliveries, inbox, inbox_bodies
 from wastats.store.sql import IN_CHUNK, chunks, insert_for, sqlite_cursor
 
 log = logging.getLogger(__name__)
@@ -76,8 +90,6 @@ def insert_bodies(
         [
             {
                 "body_sha256": b.sha256,
-                "body": b.body,
-                "body_key": b.key_id,
                 "source": b.source,
                 "received_at": b.received_at,
                 "state": PENDING,
@@ -86,7 +98,15 @@ def insert_bodies(
             for b in sealed
         ],
     )
-    return {sha: int(id_) for id_, sha in rows}
+    inserted = {sha: int(id_) for id_, sha in rows}
+    kept = [
+        {"id": inserted[b.sha256], "body_key": b.key_id, "body": b.body}
+        for b in {b.sha256: b for b in sealed}.values()  # a body twice in one batch: once
+        if b.body is not None and b.sha256 in inserted
+    ]
+    if kept:
+        conn.execute(insert(inbox_bodies), kept)
+    return inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +161,21 @@ def _insert_bodies_sqlite(conn: Connection, bodies: Sequence[_SealedBody]) -> di
             new = [b for b in part if b.sha256 not in stored]
             if not new:
                 continue
-            values = ", ".join([f"(?, ?, ?, ?, ?, '{PENDING}', 0)"] * len(new))
+            values = ", ".join([f"(?, ?, ?, '{PENDING}', 0)"] * len(new))
             cursor.execute(
-                "INSERT INTO inbox (body_sha256, body, body_key, source, received_at, state, "
-                f"events) VALUES {values} RETURNING id, body_sha256",
-                [x for b in new for x in (b.sha256, b.body, b.key_id, b.source, b.received_at)],
+                "INSERT INTO inbox (body_sha256, source, received_at, state, events) "
+                f"VALUES {values} RETURNING id, body_sha256",
+                [x for b in new for x in (b.sha256, b.source, b.received_at)],
             )
-            inserted.update((sha, int(id_)) for id_, sha in cursor.fetchall())
+            ids = {sha: int(id_) for id_, sha in cursor.fetchall()}
+            kept = [(ids[b.sha256], b.key_id, b.body) for b in new if b.body is not None]
+            if kept:
+                cursor.execute(
+                    "INSERT INTO inbox_bodies (id, body_key, body) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(kept)),
+                    [x for row in kept for x in row],
+                )
+            inserted.update(ids)
     return inserted
 
 
@@ -178,7 +206,7 @@ def claim_pending(conn: Connection, ids: Sequence[int]) -> list[int]:
     for part in chunks(sorted(ids)):
         query = (
             select(inbox.c.id)
-            .where(inbox.c.id.in_(part), inbox.c.state == PENDING, inbox.c.body.is_not(None))
+            .where(inbox.c.id.in_(part), inbox.c.state == PENDING, _has_body())
             .order_by(inbox.c.id)
         )
         if conn.dialect.name == "postgresql":
@@ -218,14 +246,15 @@ def load_bodies(
             rows = _sealed_rows_sqlite(conn, part, states)
         else:
             query = (
-                select(inbox.c.id, inbox.c.body, inbox.c.body_key, inbox.c.body_sha256,
-                       inbox.c.state)
-                .where(inbox.c.id.in_(part), inbox.c.state.in_(states),
-                       inbox.c.body.is_not(None))
+                select(inbox.c.id, inbox_bodies.c.body, inbox_bodies.c.body_key,
+                       inbox.c.body_sha256, inbox.c.state)
+                .join(inbox_bodies, inbox_bodies.c.id == inbox.c.id)
+                .where(inbox.c.id.in_(part), inbox.c.state.in_(states))
                 .order_by(inbox.c.id)
             )  # fmt: skip
             if lock:
-                query = query.with_for_update(skip_locked=True)
+                # The row holds the body's place in counting; its body is only read.
+                query = query.with_for_update(skip_locked=True, of=inbox)
             rows = conn.execute(query)
         for id_, body, key_id, sha, state in rows:
             try:
@@ -247,9 +276,10 @@ def _sealed_rows_sqlite(
     `bench/bench_count_ids.py --per-body 1`)."""
     with sqlite_cursor(conn) as cursor:
         return cursor.execute(
-            "SELECT id, body, body_key, body_sha256, state FROM inbox "
-            f"WHERE id IN ({', '.join('?' * len(ids))}) "
-            f"AND state IN ({', '.join('?' * len(states))}) AND body IS NOT NULL ORDER BY id",
+            "SELECT inbox.id, body, body_key, body_sha256, state "
+            "FROM inbox JOIN inbox_bodies ON inbox_bodies.id = inbox.id "
+            f"WHERE inbox.id IN ({', '.join('?' * len(ids))}) "
+            f"AND state IN ({', '.join('?' * len(states))}) ORDER BY inbox.id",
             [*ids, *states],
         ).fetchall()
 
@@ -273,11 +303,9 @@ def keep_bodies(conn: Connection, bodies: dict[int, bytes], sealer: BodySealer) 
         rows = conn.execute(select(inbox.c.id, inbox.c.body_sha256).where(inbox.c.id.in_(part)))
         hashes.update((int(id_), str(sha)) for id_, sha in rows)
     conn.execute(
-        update(inbox)
-        .where(inbox.c.id == bindparam("row_id"))
-        .values(body=bindparam("raw"), body_key=bindparam("key_id")),
+        insert(inbox_bodies),
         [
-            {"row_id": id_, "raw": sealer.seal(raw, hashes[id_]), "key_id": sealer.key_id}
+            {"id": id_, "body": sealer.seal(raw, hashes[id_]), "body_key": sealer.key_id}
             for id_, raw in sorted(bodies.items())
         ],
     )
@@ -361,8 +389,9 @@ def list_by_state(conn: Connection, state: str, limit: int) -> list[InboxRow]:
             inbox.c.state,
             inbox.c.reason,
             inbox.c.events,
-            func.length(inbox.c.body),
+            func.length(inbox_bodies.c.body),
         )
+        .outerjoin(inbox_bodies, inbox_bodies.c.id == inbox.c.id)
         .where(inbox.c.state == state)
         .order_by(inbox.c.id.desc())
         .limit(limit)
@@ -395,15 +424,16 @@ def seal_clear_bodies(conn: Connection, sealer: BodySealer, limit: int) -> int:
     """Seal up to `limit` bodies stored in clear by a wastats from before sealing (migration
     0007); returns how many. Run until it returns 0."""
     rows = conn.execute(
-        select(inbox.c.id, inbox.c.body, inbox.c.body_sha256)
-        .where(inbox.c.body.is_not(None), inbox.c.body_key.is_(None))
-        .order_by(inbox.c.id)
+        select(inbox_bodies.c.id, inbox_bodies.c.body, inbox.c.body_sha256)
+        .join(inbox, inbox.c.id == inbox_bodies.c.id)
+        .where(inbox_bodies.c.body_key.is_(None))
+        .order_by(inbox_bodies.c.id)
         .limit(limit)
     ).all()
     if rows:
         conn.execute(
-            update(inbox)
-            .where(inbox.c.id == bindparam("row_id"), inbox.c.body_key.is_(None))
+            update(inbox_bodies)
+            .where(inbox_bodies.c.id == bindparam("row_id"), inbox_bodies.c.body_key.is_(None))
             .values(body=bindparam("sealed"), body_key=sealer.key_id),
             [
                 {"row_id": int(id_), "sealed": sealer.seal(bytes(body), str(sha))}
@@ -413,13 +443,17 @@ def seal_clear_bodies(conn: Connection, sealer: BodySealer, limit: int) -> int:
     return len(rows)
 
 
+def _has_body() -> ColumnElement[bool]:
+    """The inbox row's body is still kept."""
+    return exists().where(inbox_bodies.c.id == inbox.c.id)
+
+
 def purgeable(received_before: int) -> ColumnElement[bool]:
-    """Which bodies may be dropped: still held, no longer waiting to be counted, and received
+    """Which inbox rows' bodies may be dropped: no longer waiting to be counted, and received
     before the cutoff. The one predicate of every purge (timed, at start-up, `wastats events
     purge`): a feature that needs bodies kept longer (a delivery still pending, say) adds its
     condition here."""
     return and_(
-        inbox.c.body.is_not(None),
         inbox.c.state != PENDING,
         inbox.c.received_at < received_before,
         # Forwarding (issue 15): a body a destination still waits for (pending, or dead and
@@ -437,19 +471,24 @@ def purge_bodies(
     """Drop the bodies `purgeable` allows (of the rows `ids` only, if given); returns how many.
     The row (hash, state, reason) stays, so the same body is still recognised as a duplicate,
     and the facts derived from it stay."""
+    # From the bodies held, not from every row ever received: the rows whose bodies are gone
+    # outnumber them by far.
+    held = select(inbox_bodies.c.id).join(inbox, inbox.c.id == inbox_bodies.c.id)
     if ids is not None:
         return sum(
             int(
                 conn.execute(
-                    update(inbox)
-                    .where(purgeable(received_before), inbox.c.id.in_(part))
-                    .values(body=None, body_key=None)
+                    delete(inbox_bodies).where(
+                        inbox_bodies.c.id.in_(
+                            held.where(purgeable(received_before), inbox_bodies.c.id.in_(part))
+                        )
+                    )
                 ).rowcount
             )
             for part in chunks(sorted(ids))
         )
     result = conn.execute(
-        update(inbox).where(purgeable(received_before)).values(body=None, body_key=None)
+        delete(inbox_bodies).where(inbox_bodies.c.id.in_(held.where(purgeable(received_before))))
     )
     return int(result.rowcount)
 
@@ -457,7 +496,9 @@ def purge_bodies(
 def held_bodies(conn: Connection) -> tuple[int, int | None]:
     """How many raw bodies are held, and when the oldest of them was received."""
     count, oldest = conn.execute(
-        select(func.count(), func.min(inbox.c.received_at)).where(inbox.c.body.is_not(None))
+        select(func.count(), func.min(inbox.c.received_at)).join_from(
+            inbox_bodies, inbox, inbox.c.id == inbox_bodies.c.id
+        )
     ).one()
     return int(count), None if oldest is None else int(oldest)
 

@@ -183,11 +183,7 @@ inbox = Table(
     # SHA-256 of the raw body: Meta's retries and re-imports of the same file are the same body,
     # stored once (the unique indexes below).
     Column("body_sha256", String(64), nullable=False),
-    # AES-256-GCM sealed (wastats.ingest.sealing), NULL once older than
-    # WASTATS_RAW_RETENTION_DAYS. `body_key` names the key that sealed it (migration 0007);
-    # NULL with a body: stored in clear by an older wastats, read as is.
-    Column("body", LargeBinary),
-    Column("body_key", String(16)),
+    # The body itself is in `inbox_bodies` (migration 0014), while it is kept.
     Column("source", String(16), nullable=False),  # webhook | import
     Column("received_at", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),  # pending | processed | rejected
@@ -223,6 +219,24 @@ Index(
     func.substr(inbox.c.body_sha256, 1, PENDING_SHA_PREFIX),
     sqlite_where=text("state = 'pending'"),
 ).ddl_if(dialect="sqlite")
+
+inbox_bodies = Table(
+    "inbox_bodies",
+    metadata,
+    # A row's body, apart from the row (migration 0014): counting records each body's outcome
+    # (state, events, reason), and SQLite rewrites a whole record when its size changes, the
+    # body's overflow pages included. Kept with the row, a 10 KB body was written twice more
+    # (to the WAL, then to the database) by the outcome alone: a quarter of the pages a counting
+    # transaction wrote for 100-status bodies (issue 13, measured). Here, once stored, a body is
+    # only read, re-sealed (`wastats security`) or deleted (retention).
+    Column("id", Id64, ForeignKey("inbox.id"), primary_key=True, autoincrement=False),
+    # `body_key` names the key that sealed the body (migration 0007); NULL: stored in clear by
+    # a wastats from before sealing, read as is.
+    Column("body_key", String(16)),
+    # AES-256-GCM sealed (wastats.sealing); the row is deleted once the body is older than
+    # WASTATS_RAW_RETENTION_DAYS.
+    Column("body", LargeBinary, nullable=False),
+)
 
 inbound_messages = Table(
     "inbound_messages",
