@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,15 @@ from sqlalchemy import text
 
 from procs import Delivery, Server, generate_events, pack, post_webhook, send_all
 from test_failures import assert_counts, inbox_rows, register
-from wastats.ingest.counter import CounterConfig, CounterProcess, Handed, _Child, keeps_gathering
+from wastats.ingest.counter import (
+    FULL_COLLECTION_EVERY,
+    CounterConfig,
+    CounterProcess,
+    Handed,
+    _Child,
+    _collect_garbage,
+    keeps_gathering,
+)
 from wastats.ingest.identity import CustomerHasher
 from wastats.ingest.pipeline import Pipeline
 from wastats.ingest.scheduling import run_as_batch_work
@@ -468,3 +478,42 @@ def test_the_child_takes_every_line_sent_and_stops_gathering_at_the_batch_bytes(
         child.db.dispose()
         ours.close()
         theirs.close()
+
+
+class _Node:
+    """An object that can be in a reference cycle and be watched (weakref)."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    """A two-object reference cycle nothing else holds: only a cyclic collection frees it."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_the_child_frees_reference_cycles_after_its_batches_without_automatic_collection() -> None:
+    """The child turns automatic collection off (`_tune_gc`) and collects after each batch: a
+    cycle left by a batch is freed after it, and one that outlived a batch's collection (now an
+    old object) by the full collection every `FULL_COLLECTION_EVERY` batches."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        young = _cycle()
+        assert young() is not None  # nothing automatic frees it
+        _collect_garbage(1)
+        assert young() is None
+
+        old = _cycle()
+        kept = old()
+        _collect_garbage(2)  # survives this batch's collection: moved to the old generation
+        del kept
+        for batch in range(3, FULL_COLLECTION_EVERY):
+            _collect_garbage(batch)
+        _collect_garbage(FULL_COLLECTION_EVERY)
+        assert old() is None
+    finally:
+        if enabled:
+            gc.enable()
