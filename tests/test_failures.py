@@ -53,7 +53,7 @@ from procs import (
 )
 from wastats.app import create_app
 from wastats.settings import Settings
-from wastats.store.db import Database
+from wastats.store.db import SQLITE_WAL_AUTOCHECKPOINT_PAGES, Database
 from wastats.whatsapp.signature import sign
 from webhooks import PHONE_NUMBER_ID, WEBHOOK, at, post, settle
 from webhooks import body as body_of
@@ -577,6 +577,10 @@ def test_sqlite_commits_reach_the_disk_before_they_return(tmp_path: Path) -> Non
             for conn in (writer, reader):
                 assert conn.execute(text("PRAGMA synchronous")).scalar() == 2
                 assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+                # Every connection, or the one left at SQLite's 1,000 would checkpoint after
+                # each of the others' large commits (the inbox writer, on the webhook's path).
+                checkpoint_at = conn.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+                assert checkpoint_at == SQLITE_WAL_AUTOCHECKPOINT_PAGES
     finally:
         db.dispose()
 

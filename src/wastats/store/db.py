@@ -24,6 +24,15 @@ from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""WAL pages (4 KiB each) after which a commit copies the WAL into the database (SQLite's default
+is 1,000). A counting transaction of 100-status bodies writes about 2,300 pages, so at 1,000 every
+one of them was followed by a checkpoint, and the large indexes' pages, written again by each
+batch, were copied to the database file (and fsynced) each time. At 10,000 a page written by
+several batches in between is copied once (measured, issue 13: the counting child's writes
+-17%, its CPU -10% per 100-status body; no difference for single-status bodies). The price: a WAL
+file of up to about 40 MB more on disk, and a checkpoint's pause that long when it comes."""
+
 
 DATABASE_WAIT_SECONDS = 30.0
 """How long a start on PostgreSQL keeps trying while the database cannot be reached. In compose
@@ -169,6 +178,7 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
     # 64 MiB page cache (the default is 2 MiB): ingestion inserts hashed, hence random, keys
     # into large indexes; a small cache evicts and re-reads their pages on every batch.
     cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
     cursor.close()
 
