@@ -474,23 +474,14 @@ def purge_bodies(
     # From the bodies held, not from every row ever received: the rows whose bodies are gone
     # outnumber them by far.
     held = select(inbox_bodies.c.id).join(inbox, inbox.c.id == inbox_bodies.c.id)
-    if ids is not None:
-        return sum(
-            int(
-                conn.execute(
-                    delete(inbox_bodies).where(
-                        inbox_bodies.c.id.in_(
-                            held.where(purgeable(received_before), inbox_bodies.c.id.in_(part))
-                        )
-                    )
-                ).rowcount
-            )
-            for part in chunks(sorted(ids))
-        )
-    result = conn.execute(
-        delete(inbox_bodies).where(inbox_bodies.c.id.in_(held.where(purgeable(received_before))))
-    )
-    return int(result.rowcount)
+
+    def purge(*among: ColumnElement[bool]) -> int:
+        doomed = held.where(purgeable(received_before), *among)
+        return int(conn.execute(delete(inbox_bodies).where(inbox_bodies.c.id.in_(doomed))).rowcount)
+
+    if ids is None:
+        return purge()
+    return sum(purge(inbox_bodies.c.id.in_(part)) for part in chunks(sorted(ids)))
 
 
 def held_bodies(conn: Connection) -> tuple[int, int | None]:
